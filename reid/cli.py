@@ -1,0 +1,29 @@
+"""The ``reid`` command line: one typer app, one small module per command under ``reid.commands``.
+
+Command modules import torch and MLflow inside their functions, so ``reid --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from reid.commands import compare, evaluate, prepare, synth, train, ui
+
+app = typer.Typer(
+    name="reid",
+    help="Train, distil and evaluate re-identification models; every run tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("prepare")(prepare.command)
+app.command("synth")(synth.command)
+app.command("train")(train.command)
+app.command("evaluate")(evaluate.command)
+app.command("compare")(compare.command)
+app.command("ui")(ui.command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,357 @@
+"""Typed parameters for every stage of the toolkit.
+
+All parameters live in one ``params.yaml`` and are validated here, so that a typo fails at once with
+the full dotted path of the offending key instead of silently falling back to a default three hours
+into a run. Every default is the published strong-baseline ("bag of tricks") recipe, so an empty
+params file trains the reference model.
+
+``params.yaml`` holds the base configuration (sections below) plus an optional ``variants`` mapping of
+named partial overrides; ``load_config(path, variant="sd_003")`` deep-merges a variant over the base.
+This keeps one source of truth for the DVC pipeline, where each KD variant is one stage of a
+``foreach`` loop.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A parameter file or override that does not validate; the message names every bad key."""
+
+
+class _Section(BaseModel):
+    """Base for every section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+Stage = Literal["layer1", "layer2", "layer3", "layer4"]
+STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
+
+
+class DataConfig(_Section):
+    """Where the images come from and how a training batch is drawn and augmented."""
+
+    format: Literal["market1501", "veri776", "folder"] = "market1501"
+    root: Path = Path("../shared/data/Market-1501-v15.09.15")
+    manifest: Path = Path("pipeline/data/manifest.json")
+    height: int = Field(256, ge=16, le=1024)
+    width: int = Field(128, ge=16, le=1024)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    padding: int = Field(10, ge=0)
+    random_erasing_prob: float = Field(0.5, ge=0.0, le=1.0)
+    ids_per_batch: int = Field(16, ge=2, description="P: identities per batch")
+    instances_per_id: int = Field(4, ge=1, description="K: images per identity per batch")
+    test_batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(4, ge=0)
+    input_pipeline: Literal["auto", "gpu", "cpu"] = "auto"
+    corrupt_images: Literal["fail", "skip"] = "fail"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std must be > 0")
+        return v
+
+    @property
+    def batch_size(self) -> int:
+        """P x K: the training batch size."""
+        return self.ids_per_batch * self.instances_per_id
+
+
+class ModelConfig(_Section):
+    """The backbone, its neck and where its starting weights come from."""
+
+    backbone: Literal[
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50_ibn_a", "resnet101_ibn_a"
+    ] = "resnet50"
+    last_stride: Literal[1, 2] = 1
+    neck: Literal["bnneck", "none"] = "bnneck"
+    neck_feat: Literal["after", "before"] = "after"
+    pretrained: Literal["none", "imagenet", "file"] = "imagenet"
+    pretrained_path: Path | None = None
+    freeze_backbone_epochs: int = Field(0, ge=0)
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> "ModelConfig":
+        if self.pretrained == "file" and self.pretrained_path is None:
+            raise ValueError("pretrained='file' needs pretrained_path (a .pth state dict)")
+        return self
+
+
+class LossConfig(_Section):
+    """Weights of the named loss terms; a term with weight 0 is not computed."""
+
+    id_weight: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    triplet_weight: float = Field(1.0, ge=0.0)
+    triplet_margin: float = Field(0.3, ge=0.0)
+    triplet_soft_margin: bool = False
+    center_weight: float = Field(0.0, ge=0.0, description="5e-4 in the recipe when center loss is on")
+    center_lr: float = Field(0.5, gt=0.0)
+
+
+class OptimConfig(_Section):
+    """Optimiser and learning-rate schedule."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3.5e-4, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["multistep", "cosine"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [40, 70])
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(10, ge=0)
+    warmup_factor: float = Field(0.01, gt=0.0, le=1.0)
+    min_lr: float = Field(0.0, ge=0.0, description="floor of the cosine schedule")
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])) or any(m < 1 for m in v):
+            raise ValueError("milestones must be positive and strictly increasing")
+        return v
+
+
+class TrainConfig(_Section):
+    """How long to train, on what, and where the results go."""
+
+    epochs: int = Field(120, ge=1)
+    eval_every: int = Field(10, ge=1, description="evaluate every N epochs (and always after the last)")
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; None = full epoch")
+    output_dir: Path = Path("pipeline/models/baseline")
+    log_every_steps: int = Field(20, ge=1)
+    sync_bn: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v == "cuda" or v.startswith("cuda:") or v == "mps"):
+            raise ValueError("device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+
+class KDConfig(_Section):
+    """Knowledge distillation; with every weight at 0 and no teacher, training is the plain baseline."""
+
+    # Self-distillation: a deeper stage teaches shallower ones through projection heads.
+    self_distill: bool = False
+    teacher_stage: Stage = "layer3"
+    student_stages: list[Stage] = Field(default_factory=lambda: ["layer1", "layer2"])
+    feature_loss_coefficient: float = Field(0.03, ge=0.0)
+    feature_distance: Literal["l2", "mse", "cosine"] = "l2"
+    stage_head_id_weight: float = Field(1.0, ge=0.0, description="supervised loss that trains every stage head")
+    self_logit_weight: float = Field(0.0, ge=0.0, description="logit KD from the teacher stage's classifier")
+    # Offline teacher -> student.
+    teacher_checkpoint: Path | None = None
+    logit_weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(16.0, gt=0.0)
+    symmetric: bool = False
+    teacher_feature_weight: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _stages_ordered(self) -> "KDConfig":
+        t = STAGES.index(self.teacher_stage)
+        bad = [s for s in self.student_stages if STAGES.index(s) >= t]
+        if self.self_distill and bad:
+            raise ValueError(f"student_stages {bad} must be shallower than teacher_stage {self.teacher_stage!r}")
+        if self.self_distill and not self.student_stages:
+            raise ValueError("self_distill needs at least one student stage")
+        return self
+
+    @property
+    def offline(self) -> bool:
+        return self.teacher_checkpoint is not None
+
+
+class EvalConfig(_Section):
+    """Market-1501 protocol and what is produced after evaluation."""
+
+    flip: bool = False
+    normalize: bool = True
+    distance: Literal["cosine", "euclidean"] = "cosine"
+    ap_variant: Literal["standard", "trapezoidal"] = "standard"
+    ranks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    max_rank: int = Field(50, ge=1)
+    cross_camera: bool = True
+    chunk_size: int = Field(512, ge=1, description="queries ranked at once; bounds memory")
+    rerank: bool = False
+    rerank_k1: int = Field(20, ge=1)
+    rerank_k2: int = Field(6, ge=1)
+    rerank_lambda: float = Field(0.3, ge=0.0, le=1.0)
+    rerank_max_memory_gb: float = Field(8.0, gt=0.0)
+    num_ranked_lists: int = Field(8, ge=0)
+    ranked_list_size: int = Field(10, ge=1)
+
+
+class TrackingConfig(_Section):
+    """Where MLflow records runs."""
+
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+    artifact_root: Path = Path("mlruns")
+    experiment: str = "reid"
+    run_name: str | None = None
+
+
+class Config(_Section):
+    """The whole, resolved configuration of one run."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Every resolved parameter as ``{"section.key": value}`` (for MLflow and tables)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b.c": leaf}``; lists stay leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``override`` merged in recursively (override wins; inputs untouched)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            allowed = _allowed_keys(parent)
+            msg = f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
+        else:
+            msg = e["msg"]
+        got = e.get("input")
+        shown = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=0.001"`` -> (["optim", "lr"], 0.001); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value, e.g. optim.lr=0.001")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return path, yaml.safe_load(raw)
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys (``train.epochs=2``) in a copy of a raw parameter tree."""
+    tree = copy.deepcopy(tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return tree
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """Read a YAML params file into a dict, with clear errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} does not exist; pass --params PATH or create params.yaml")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (data, model, ...), not {type(tree).__name__}")
+    return tree
+
+
+# Top-level keys of params.yaml that are not part of a run's Config (used by the DVC pipeline).
+PIPELINE_KEYS = ("variants", "evaluate", "compare", "quickstart")
+
+
+def resolve_tree(tree: dict[str, Any], variant: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Base sections + the named variant + command-line overrides, as a raw tree ready to validate."""
+    variants = tree.get("variants") or {}
+    base = {k: v for k, v in tree.items() if k not in PIPELINE_KEYS}
+    if variant is not None:
+        if variant not in variants:
+            known = ", ".join(sorted(variants)) or "none defined"
+            raise ConfigError(f"unknown variant {variant!r}; variants in params: {known}")
+        base = deep_merge(base, variants[variant] or {})
+    return apply_overrides(base, overrides or [])
+
+
+def validate(tree: dict[str, Any], source: str = "parameters") -> Config:
+    """Validate a raw tree into a Config, raising ConfigError that lists every bad key by path."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: Path | str = "params.yaml", variant: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load, merge and validate parameters; the one entry point every command uses."""
+    path = Path(path)
+    tree = read_params(path)
+    source = str(path) + (f" (variant {variant!r})" if variant else "")
+    config = validate(resolve_tree(tree, variant, overrides), source)
+    for name, delta in (tree.get("variants") or {}).items():
+        # A broken variant should fail now, not when its stage is finally reached.
+        if name != variant:
+            validate(resolve_tree(tree, name), f"{path} (variant {name!r})")
+    return config
+
+
+def dump_config(config: Config, path: Path) -> None:
+    """Write the resolved configuration as YAML (logged with every run for reproducibility)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

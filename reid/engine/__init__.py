@@ -1,0 +1,1 @@
+"""Training engine: optimisation, checkpoints, the training loop and distributed helpers."""

@@ -1,0 +1,72 @@
+"""Checkpoints that survive a kill and never need pickle.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, written with
+``torch.save`` to a temporary file and renamed into place, so a run killed while saving leaves the
+previous checkpoint intact. Loading always uses ``weights_only=True``: a file that needs pickle is
+refused instead of executing whatever it contains.
+
+Keys written by the trainer (``FORMAT`` marks the layout):
+    format, config (resolved Config as JSON-able dict), num_classes, epoch (completed epochs),
+    global_step, model (state dict), objective (state dict of training-only heads), optimizers,
+    schedulers, sampler, rng, mlflow_run_id, best_metric, metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reid.errors import CheckpointError
+
+FORMAT = "reid-checkpoint-v1"
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
+    """Atomically write ``payload`` to ``path`` (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state(path: Path | str, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what went wrong and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} needs pickle to load, which could run arbitrary code, so it is refused "
+            f"(weights_only=True). Re-save it as a plain state dict: torch.save(model.state_dict(), path). "
+            f"Detail: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable torch file (truncated or corrupt?): {exc}") from None
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` and check its layout."""
+    state = load_state(path, map_location)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a reid checkpoint (expected format {FORMAT!r}); "
+            "for plain backbone weights use model.pretrained=file with model.pretrained_path"
+        )
+    return state

@@ -1,0 +1,31 @@
+"""Error types that carry a message meant for the user (what is wrong and how to fix it)."""
+
+from __future__ import annotations
+
+
+class ReidError(RuntimeError):
+    """Base of every expected failure; the CLI prints its message without a traceback."""
+
+
+class DatasetError(ReidError):
+    """A dataset root that is missing, empty, in the wrong layout, or holds unparsable files."""
+
+
+class CorruptImageError(DatasetError):
+    """An image that cannot be decoded; the message names its path."""
+
+
+class CheckpointError(ReidError):
+    """A checkpoint that is missing, needs pickle, or belongs to another model."""
+
+
+class NonFiniteLossError(ReidError):
+    """Training produced NaN/Inf; the message names the step and the last finite loss values."""
+
+
+class TrackingError(ReidError):
+    """The MLflow tracking URI cannot be reached or written."""
+
+
+class EvaluationError(ReidError):
+    """The protocol cannot be applied (e.g. no query has a cross-camera match)."""
