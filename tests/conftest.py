@@ -1,0 +1,74 @@
+"""Shared fixtures: a small synthetic Market-format dataset, its manifest, a CPU-sized config, and
+the real Market-1501 when it is present.
+
+Real Market-1501 is found through ``REID_MARKET1501_ROOT`` or ``../shared/data`` beside the checkout;
+tests that need it are skipped with the reason when neither exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MARKET_CANDIDATES = [
+    os.environ.get("REID_MARKET1501_ROOT"),
+    str(REPO.parent / "shared" / "data" / "Market-1501-v15.09.15"),
+]
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def market_root_or_none() -> Path | None:
+    for candidate in MARKET_CANDIDATES:
+        if candidate and (Path(candidate) / "bounding_box_train").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def market_root() -> Path:
+    root = market_root_or_none()
+    if root is None:
+        pytest.skip("real Market-1501 not found: set REID_MARKET1501_ROOT or place it in ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset (Market layout), generated once per test session."""
+    from reid.data.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic") / "Synthetic-Market"
+    return generate_synthetic(root, num_train_ids=16, num_test_ids=12, num_cameras=3, images_per_id=8,
+                              height=64, width=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_manifest(synthetic_root: Path):
+    from reid.data.datasets import read_dataset
+    from reid.data.manifest import build_manifest
+
+    return build_manifest(read_dataset("market1501", synthetic_root))
+
+
+@pytest.fixture()
+def tiny_config(tmp_path: Path, synthetic_root: Path):
+    """A CPU-sized configuration: resnet18 from scratch, 64x32 inputs, P=4 x K=4, two short epochs."""
+    from reid.config import validate
+
+    return validate({
+        "data": {"root": str(synthetic_root), "manifest": str(tmp_path / "manifest.json"),
+                 "height": 64, "width": 32, "padding": 4, "ids_per_batch": 4, "instances_per_id": 4,
+                 "test_batch_size": 64, "num_workers": 0, "input_pipeline": "cpu"},
+        "model": {"backbone": "resnet18", "pretrained": "none", "channels_last": False},
+        "optim": {"warmup_epochs": 1, "milestones": [2]},
+        "train": {"epochs": 2, "eval_every": 1, "device": "cpu", "amp": "off", "max_steps_per_epoch": 3,
+                  "output_dir": str(tmp_path / "run"), "log_every_steps": 1},
+        "eval": {"num_ranked_lists": 2},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "mlruns"),
+                     "experiment": "tests"},
+    }, "tiny test config")
