@@ -1,0 +1,129 @@
+"""``reid prepare``: validate the dataset folder once and freeze it into the manifest.
+
+Reads ``data.format`` / ``data.root`` from the parameters (``--root`` / ``--format`` override them;
+a relative root is anchored at ``DVC_ROOT`` inside a DVC stage, else at the working directory),
+prints the dataset statistics, and writes ``data.manifest`` (``--output``) plus ``statistics.json``
+beside it (the DVC ``prepare`` stage's metrics). With ``--check-images`` every image is decoded
+first, and ``data.corrupt_images`` decides what a corrupt file does: ``fail`` stops with the list of
+bad files, ``skip`` leaves them out of the manifest with a warning.
+
+A missing dataset is an error, never a silent switch to synthetic data: numbers from synthetic
+images must not be mistaken for Market-1501 results. The error says how to try the toolkit on
+synthetic data instead (the quickstart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from reid.commands._common import clean_errors, config_from_cli
+
+if TYPE_CHECKING:
+    from reid.data.samples import DatasetSplits
+
+QUICKSTART_HINT = ("No dataset at hand? `bash scripts/quickstart.sh` runs the whole pipeline on a small synthetic "
+                   "dataset (or `reid synth DIR`, then `reid prepare --root DIR`).")
+
+
+def _yaml_string(value: str) -> str:
+    """A string as a YAML scalar for a ``key=value`` override (a path like ``123`` or ``on`` stays a string)."""
+    return json.dumps(value)
+
+
+def dataset_root(root: Path) -> Path:
+    """``data.root`` made absolute: relative paths are anchored at ``DVC_ROOT`` inside a DVC stage, else
+    at the working directory.
+
+    Under ``dvc exp run --temp`` the stage runs in a temporary copy of the repository, where a
+    relative root such as ``../shared/data/...`` (or a git-ignored ``data/`` folder) does not exist;
+    ``DVC_ROOT`` still names the real repository, like the anchoring of the tracking paths.
+    """
+    root = Path(root).expanduser()
+    if root.is_absolute():
+        return root
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()) / root
+
+
+def _drop_corrupt(splits: "DatasetSplits", policy: str, threads: int) -> list[str]:
+    """Decode every image; with ``skip`` remove the corrupt ones from ``splits`` and return warnings."""
+    from reid.data.images import find_corrupt
+    from reid.data.samples import SPLIT_NAMES
+    from reid.errors import CorruptImageError
+
+    bad: dict[str, list[tuple[int, str]]] = {}
+    for name in SPLIT_NAMES:
+        found = find_corrupt(splits.split(name), threads=threads)
+        if found:
+            bad[name] = found
+    messages = [msg for found in bad.values() for _, msg in found]
+    if not messages:
+        return []
+    if policy == "fail":
+        shown = "\n  ".join(messages[:10]) + (f"\n  ... and {len(messages) - 10} more" if len(messages) > 10 else "")
+        raise CorruptImageError(f"{len(messages)} corrupt image(s) (data.corrupt_images=fail):\n  {shown}\n"
+                                f"Replace or delete them, or set data.corrupt_images=skip to leave them out of the manifest.")
+    for name, found in bad.items():
+        drop = {index for index, _ in found}
+        setattr(splits, name, [s for i, s in enumerate(splits.split(name)) if i not in drop])
+        if not splits.split(name):
+            raise CorruptImageError(f"every image of the {name} split is corrupt; nothing left to prepare")
+    return [f"skipped corrupt image: {msg}" for msg in messages]
+
+
+def command(
+    params: Annotated[Path, typer.Option("--params", "-p", help="Parameter file (data.format, data.root, data.manifest).")] = Path("params.yaml"),
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Variant of the parameter file to merge.")] = None,
+    override: Annotated[
+        Optional[list[str]], typer.Option("--override", "-o", help="key=value override, repeatable (e.g. -o data.root=/data/Market-1501).")
+    ] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Dataset folder (overrides data.root).")] = None,
+    format: Annotated[
+        Optional[str], typer.Option("--format", help="Dataset layout: market1501, veri776 or folder (overrides data.format).")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Manifest to write (overrides data.manifest).")] = None,
+    check_images: Annotated[
+        bool, typer.Option("--check-images/--no-check-images", help="Decode every image to find corrupt files (slower).")
+    ] = False,
+) -> None:
+    """Check the dataset, print its statistics and write the manifest that training and evaluation read."""
+    with clean_errors():
+        from reid.data.datasets import read_dataset, statistics_table
+        from reid.data.manifest import build_manifest, write_manifest
+        from reid.errors import DatasetError
+
+        overrides = list(override or [])
+        if root is not None:
+            overrides.append(f"data.root={_yaml_string(str(root))}")
+        if format is not None:
+            overrides.append(f"data.format={_yaml_string(format)}")
+        if output is not None:
+            overrides.append(f"data.manifest={_yaml_string(str(output))}")
+        config = config_from_cli(params, variant, overrides)
+        data = config.data
+        root_path = dataset_root(data.root)
+        try:
+            splits = read_dataset(data.format, root_path)
+        except DatasetError as exc:
+            if not root_path.exists():
+                raise DatasetError(f"{exc}\n{QUICKSTART_HINT}") from None
+            raise
+        typer.echo(statistics_table(splits))
+        for note in splits.notes:
+            typer.echo(f"note: {note}")
+        if check_images:
+            threads = max(1, min(8, os.cpu_count() or 1))
+            for warning in _drop_corrupt(splits, data.corrupt_images, threads):
+                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+
+        manifest = build_manifest(splits)
+        path = write_manifest(manifest, data.manifest)
+        stats_path = path.parent / "statistics.json"
+        stats: dict[str, object] = {**manifest.statistics, "num_classes": manifest.num_classes}
+        stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+        typer.echo(f"wrote {path} ({manifest.num_classes} training identities, content hash "
+                   f"{manifest.content_hash[:12]}) and {stats_path}")

@@ -1,0 +1,260 @@
+"""Read a dataset folder into train / query / gallery samples, and describe it.
+
+Three layouts are understood (see docs/DATASETS.md for examples):
+
+* ``market1501``: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` with file names
+  ``PPPP_cCsS_FFFFFF_BB.jpg``. Identity ``-1`` (junk detections) is dropped at load, as every
+  reference evaluator does; identity ``0000`` (distractors) is kept as gallery negatives. The
+  extension may repeat (``.jpg.jpg``): 24 files of the original release are named that way, six of
+  them the query images of id 1488, and a parser anchored on a single ``.jpg`` silently loses them.
+* ``veri776``: ``image_train/``, ``image_query/``, ``image_test/`` with ``VVVV_cCCC_FFFFFFFF_N.jpg``.
+* ``folder``: ``train/``, ``query/``, ``gallery/``, each holding one folder per identity (any name)
+  with ``<camera>_<anything>.jpg|.jpeg|.png`` inside; for custom data.
+
+Every split is read in file-name order so that the same folder always gives the same lists (and
+the same manifest hash). Non-image files (``Thumbs.db``, ``readme.txt``) and hidden files
+(``.DS_Store``, macOS ``._*`` forks) are ignored; an image whose name does not parse is an error that
+names it, because skipping it would silently change the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from reid.data.samples import SPLIT_NAMES, DatasetSplits, Sample
+from reid.errors import DatasetError
+
+DatasetFormat = Literal["market1501", "veri776", "folder"]
+FORMATS: tuple[str, ...] = get_args(DatasetFormat)
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+DISTRACTOR_FOLDER = "_distractors"  # folder format: gallery-only images of nobody (pid 0)
+SYNTH_HINT = "to try the toolkit without it, generate a synthetic Market-format dataset with `reid synth DIR`"
+
+_EXT = r"(?:\.(?:jpe?g|png))+"  # one or more image extensions: Market's ``.jpg.jpg`` files must parse
+
+
+@dataclass(frozen=True)
+class _NamedLayout:
+    """A dataset whose identity and camera are encoded in the file name (Market-1501, VeRi-776)."""
+
+    title: str
+    folders: dict[str, str]  # split -> folder under the root
+    pattern: re.Pattern[str]  # group 1: identity, group 2: camera
+    pattern_text: str
+    example: str
+
+    def describe(self, root: str) -> str:
+        folders = ", ".join(f"{f}/" for f in self.folders.values())
+        return (f"{self.title} layout: {folders} inside {root}, holding files named {self.pattern_text} "
+                f"(e.g. {self.example})")
+
+
+MARKET1501 = _NamedLayout(
+    title="Market-1501",
+    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
+    pattern=re.compile(rf"^(-?\d+)_c(\d+)s\d+_\d+_\d+{_EXT}$", re.IGNORECASE),
+    pattern_text="PPPP_cCsS_FFFFFF_BB.jpg",
+    example="0002_c1s1_000451_03.jpg",
+)
+VERI776 = _NamedLayout(
+    title="VeRi-776",
+    folders={"train": "image_train", "query": "image_query", "gallery": "image_test"},
+    pattern=re.compile(rf"^(-?\d+)_c(\d+)_\d+_\d+{_EXT}$", re.IGNORECASE),
+    pattern_text="VVVV_cCCC_FFFFFFFF_N.jpg",
+    example="0002_c002_00030600_0.jpg",
+)
+FOLDER_SPLITS: dict[str, str] = {"train": "train", "query": "query", "gallery": "gallery"}
+_NAMED: dict[str, _NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776}
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file whose name ends in an image extension (the files a dataset is made of)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_dataset(format: DatasetFormat, root: Path | str) -> DatasetSplits:
+    """Read ``root`` in the given layout; raises :class:`DatasetError` saying what is wrong and how to fix it."""
+    if format not in FORMATS:
+        raise DatasetError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)} (data.format)")
+    root_str = os.path.abspath(os.path.expanduser(str(root)))
+    _check_root(format, root_str)
+    if format == "folder":
+        return _read_folder(root_str)
+    layout = _NAMED[format]
+    splits: dict[str, list[Sample]] = {}
+    notes: list[str] = []
+    for split, folder in layout.folders.items():
+        samples, junk = _read_named_split(layout, root_str, split, folder, format)
+        splits[split] = samples
+        if junk:
+            notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
+    name = os.path.basename(root_str) or layout.title
+    return DatasetSplits(name=name, train=splits["train"], query=splits["query"], gallery=splits["gallery"],
+                         format=format, root=root_str, notes=notes)
+
+
+# -- layout checks -------------------------------------------------------------------------------------
+def _expected(format: str, root: str) -> str:
+    if format == "folder":
+        return (f"folder layout: train/, query/, gallery/ inside {root}, each with one folder per identity "
+                f"holding <camera>_<anything>.jpg files (e.g. {root}/train/alice/cam1_0001.jpg); see docs/DATASETS.md")
+    return _NAMED[format].describe(root)
+
+
+def _layout_guess(root: str, format: str) -> str:
+    """A hint when ``root`` holds another known layout, or when the dataset sits one folder deeper."""
+    layouts = {**{k: set(v.folders.values()) for k, v in _NAMED.items()}, "folder": set(FOLDER_SPLITS.values())}
+    try:
+        entries = {e.name for e in os.scandir(root) if e.is_dir()}
+    except OSError:
+        return ""
+    for other, folders in layouts.items():
+        if other != format and folders <= entries:
+            return f" It looks like a {other} dataset: set data.format={other} (or `reid prepare --format {other}`)."
+    wanted = layouts[format]
+    for sub in sorted(entries):
+        try:
+            inner = {e.name for e in os.scandir(os.path.join(root, sub)) if e.is_dir()}
+        except OSError:
+            continue
+        if wanted <= inner:
+            return f" The dataset seems to be one level down: set data.root={os.path.join(root, sub)}."
+    return ""
+
+
+def _check_root(format: str, root: str) -> None:
+    if not os.path.exists(root):
+        raise DatasetError(
+            f"dataset root {root} does not exist. Expected the {_expected(format, root)}. "
+            f"Set data.root in params.yaml (or `reid prepare --root PATH`) to your copy; {SYNTH_HINT}.")
+    if not os.path.isdir(root):
+        raise DatasetError(f"dataset root {root} is a file, not a folder. Expected the {_expected(format, root)}.")
+    folders = _NAMED[format].folders.values() if format in _NAMED else FOLDER_SPLITS.values()
+    missing = [f for f in folders if not os.path.isdir(os.path.join(root, f))]
+    if missing:
+        present = sorted(os.listdir(root))
+        shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "") if present else "nothing"
+        raise DatasetError(
+            f"{root} is not in the {format} layout: missing folder(s) {', '.join(missing)} (it holds: {shown}). "
+            f"Expected the {_expected(format, root)}.{_layout_guess(root, format)} "
+            f"Fix data.root / data.format, or {SYNTH_HINT}.")
+
+
+def _visible_files(folder: str) -> list[str]:
+    """File names in ``folder`` (no hidden files, no sub-folders), sorted."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
+    except OSError as exc:
+        raise DatasetError(f"cannot list {folder}: {exc}") from exc
+
+
+def _empty_split_error(split: str, folder: str, detail: str) -> DatasetError:
+    return DatasetError(f"the {split} split ({folder}) holds no usable images{detail}; "
+                        f"copy the dataset completely (every split needs images), or {SYNTH_HINT}.")
+
+
+# -- Market-1501 and VeRi-776 --------------------------------------------------------------------------
+def _read_named_split(layout: _NamedLayout, root: str, split: str, folder_name: str,
+                      format: str) -> tuple[list[Sample], int]:
+    """Samples of one split (identity -1 dropped) and how many junk images were dropped."""
+    folder = os.path.join(root, folder_name)
+    samples: list[Sample] = []
+    junk = 0
+    images = [n for n in _visible_files(folder) if is_image_name(n)]
+    for name in images:
+        match = layout.pattern.match(name)
+        if match is None:
+            raise DatasetError(
+                f"{os.path.join(folder, name)}: the file name does not follow the {layout.title} pattern "
+                f"{layout.pattern_text} (e.g. {layout.example}); rename or remove the file, or set data.format "
+                f"if this is another layout (current: {format}).")
+        pid, camid = int(match.group(1)), int(match.group(2))
+        if pid == -1:
+            junk += 1
+            continue
+        if pid < -1 or camid < 1:
+            raise DatasetError(f"{os.path.join(folder, name)}: identity {pid} / camera {camid} out of range "
+                               f"(identities are >= 0, or -1 for junk; cameras start at 1)")
+        samples.append(Sample(os.path.join(folder, name), pid, camid))
+    if not samples:
+        detail = " (no image files)"
+        if images:
+            detail = f" ({len(images)} image file(s), {junk} of them junk with identity -1)"
+        raise _empty_split_error(split, folder, detail)
+    return samples, junk
+
+
+# -- generic folder layout -----------------------------------------------------------------------------
+def _read_folder(root: str) -> DatasetSplits:
+    """``root/<split>/<identity>/<camera>_<anything>.<ext>``; identities and cameras named freely.
+
+    Identity folder names are mapped to 1..N in sorted order over all splits (so an identity keeps its
+    number across query and gallery), ``_distractors`` to 0; camera tokens likewise to 1..M.
+    """
+    found: dict[str, list[tuple[str, str, str]]] = {}  # split -> [(path, identity, camera)]
+    for split, folder_name in FOLDER_SPLITS.items():
+        folder = os.path.join(root, folder_name)
+        entries: list[tuple[str, str, str]] = []
+        for loose in _visible_files(folder):
+            if is_image_name(loose):
+                raise DatasetError(
+                    f"{os.path.join(folder, loose)}: in the folder layout images go inside one folder per identity, "
+                    f"e.g. {folder}/<identity>/<camera>_{loose}; see docs/DATASETS.md")
+        with os.scandir(folder) as it:
+            identities = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+        for identity in identities:
+            if identity == DISTRACTOR_FOLDER and split != "gallery":
+                raise DatasetError(f"{os.path.join(folder, identity)}: {DISTRACTOR_FOLDER} (images of nobody) "
+                                   f"may only appear in the gallery split")
+            id_folder = os.path.join(folder, identity)
+            for name in _visible_files(id_folder):
+                if not is_image_name(name):
+                    continue
+                camera, sep, rest = name.partition("_")
+                if not sep or not camera or not rest:
+                    raise DatasetError(
+                        f"{os.path.join(id_folder, name)}: the file name must start with its camera and an underscore, "
+                        f"<camera>_<anything>.jpg (e.g. cam1_0001.jpg); rename the file")
+                entries.append((os.path.join(id_folder, name), identity, camera))
+        if not entries:
+            raise _empty_split_error(split, folder, " (no <identity>/<camera>_<name>.jpg files)")
+        found[split] = entries
+    names = sorted({ident for entries in found.values() for _, ident, _ in entries} - {DISTRACTOR_FOLDER})
+    pid_of = {name: i + 1 for i, name in enumerate(names)}
+    pid_of[DISTRACTOR_FOLDER] = 0
+    cameras = sorted({cam for entries in found.values() for _, _, cam in entries})
+    cam_of = {cam: i + 1 for i, cam in enumerate(cameras)}
+    splits = {split: [Sample(path, pid_of[ident], cam_of[cam]) for path, ident, cam in entries]
+              for split, entries in found.items()}
+    notes = [f"identities: {len(names)} folder names mapped to 1..{len(names)} in sorted order",
+             f"cameras: {', '.join(f'{c}={cam_of[c]}' for c in cameras[:12])}{' ...' if len(cameras) > 12 else ''}"]
+    return DatasetSplits(name=os.path.basename(root) or "folder", train=splits["train"], query=splits["query"],
+                         gallery=splits["gallery"], format="folder", root=root, notes=notes)
+
+
+# -- statistics ----------------------------------------------------------------------------------------
+def split_statistics(samples: list[Sample]) -> dict[str, int]:
+    """``{"ids", "images", "cameras"}`` of one split; distractors (pid 0) count as one identity."""
+    return {"ids": len({s.pid for s in samples}), "images": len(samples), "cameras": len({s.camid for s in samples})}
+
+
+def statistics(splits: DatasetSplits) -> dict[str, dict[str, int]]:
+    """Per-split identity / image / camera counts, in split order."""
+    return {name: split_statistics(splits.split(name)) for name in SPLIT_NAMES}
+
+
+def statistics_table(splits: DatasetSplits) -> str:
+    """The dataset summary the strong baseline prints at start-up (ids / images / cameras per split)."""
+    stats = statistics(splits)
+    rule = "  " + "-" * 40
+    lines = [f"=> {splits.name} ({splits.format or 'custom'}) loaded", "Dataset statistics:", rule,
+             "  subset   | # ids | # images | # cameras", rule]
+    for name, row in stats.items():
+        lines.append(f"  {name:<8} | {row['ids']:5d} | {row['images']:8d} | {row['cameras']:9d}")
+    lines.append(rule)
+    return "\n".join(lines)
