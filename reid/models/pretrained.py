@@ -1,0 +1,280 @@
+"""Starting weights: ImageNet through torchvision's weights API, or a local file; never pickle.
+
+``model.pretrained``:
+
+* ``none``: keep the random initialisation.
+* ``imagenet``: torchvision's ``IMAGENET1K_V1`` ResNet weights (the ones the published strong-baseline
+  numbers start from), read from torch hub's cache, ``$TORCH_HOME/hub/checkpoints/<file>``
+  (``~/.cache/torch/hub/checkpoints`` by default) and downloaded there when missing. The download has
+  a socket timeout, so a machine without internet fails in seconds with a :class:`CheckpointError`
+  that names the cache file to provide, instead of hanging.
+* ``file``: ``model.pretrained_path``, loaded with ``weights_only=True``. Accepted: a raw backbone
+  state dict in torchvision layout (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``fc.*``),
+  the same inside ``{"state_dict": ...}`` or ``{"model": ...}``, with or without DataParallel's
+  ``module.`` prefix, the seed project's strong-baseline layout (``base.*``, ``bottleneck.*``), the
+  original IBN-Net release (``layer1.0.bn1.IN.weight``), or a reid checkpoint.
+
+IBN-a and ``imagenet``: torchvision has no IBN-a weights. We load the plain ResNet of the same depth
+wherever names and shapes match -- everything except the 13 (ResNet50) / 30 (ResNet101) split ``bn1``
+layers of layers 1-3, which keep their fresh initialisation and are reported as not loaded -- and warn
+that the published IBN-a numbers start from IBN-Net's own ImageNet weights (``pretrained=file``). We
+chose this over an error because the conv weights are by far the valuable part of the initialisation
+and the README's ``pretrained: imagenet`` must work for every backbone.
+
+Everything is copied by :func:`load_matching` (the seed project's ``load_param``): every tensor whose
+name and shape match, except the classifier (the class count differs between datasets) and the ImageNet
+``fc``. It returns a :class:`LoadReport`, which is also logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+
+from reid.config import ModelConfig
+from reid.engine.checkpoint import FORMAT, load_state
+from reid.errors import CheckpointError
+from reid.models.backbones import infer_backbone_name, is_ibn, plain_name
+from reid.models.reid_model import ReIDModel
+
+log = logging.getLogger(__name__)
+
+#: Prefixes never copied from a pretrained file: our classifier and the ImageNet head.
+HEAD_PREFIXES: tuple[str, ...] = ("classifier", "fc")
+#: Seconds a stalled download may wait on the network before giving up.
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_matching` did with each tensor.
+
+    ``loaded``: copied into the model. ``skipped``: present in the model but not copied, with the
+    reason (``excluded (classifier)``, a shape mismatch). ``unexpected``: in the file but not in the
+    model. ``missing``: in the model but not loaded from the file (left as initialised).
+    """
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    unexpected: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self, limit: int = 6) -> str:
+        """One paragraph for the log: counts, then the first few names of each kind."""
+
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:limit]) + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
+
+        lines = [f"{self.source}: loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, "
+                 f"unexpected {len(self.unexpected)}, left as initialised {len(self.missing)}"]
+        if self.skipped:
+            lines.append("  skipped: " + some([f"{k} ({r})" for k, r in self.skipped.items()]))
+        if self.unexpected:
+            lines.append("  not in the model: " + some(self.unexpected))
+        if self.missing:
+            lines.append("  not in the file: " + some(self.missing))
+        return "\n".join(lines)
+
+
+def _excluded(key: str, prefixes: tuple[str, ...]) -> str | None:
+    for prefix in prefixes:
+        if key == prefix or key.startswith(prefix + "."):
+            return prefix
+    return None
+
+
+def load_matching(
+    model_or_module: nn.Module,
+    state_dict: Mapping[str, Any],
+    exclude_prefixes: tuple[str, ...] = ("classifier",),
+    source: str = "state dict",
+) -> LoadReport:
+    """Copy every tensor of ``state_dict`` whose name and shape match, except ``exclude_prefixes``.
+
+    Names are compared as they are (map them first, see :func:`to_model_keys`). Values are cast to the
+    model's dtype and device by ``load_state_dict``.
+    """
+    own = model_or_module.state_dict()
+    report = LoadReport(source=source)
+    chosen: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        prefix = _excluded(key, exclude_prefixes)
+        if prefix is not None:
+            report.skipped[key] = f"excluded ({prefix})"
+        elif key not in own:
+            report.unexpected.append(key)
+        elif not isinstance(value, Tensor):
+            report.skipped[key] = f"not a tensor ({type(value).__name__})"
+        elif value.shape != own[key].shape:
+            report.skipped[key] = f"shape {list(value.shape)} in file, {list(own[key].shape)} in model"
+        else:
+            chosen[key] = value
+    model_or_module.load_state_dict(chosen, strict=False)
+    report.loaded = list(chosen)
+    report.missing = [k for k in own if k not in chosen and k not in report.skipped]
+    return report
+
+
+# -- reading weights files ----------------------------------------------------------------------------
+def _strip(key: str, prefix: str) -> str:
+    while key.startswith(prefix):
+        key = key[len(prefix):]
+    return key
+
+
+def to_model_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename torchvision / IBN-Net / seed-project / DataParallel keys into :class:`ReIDModel` names.
+
+    ``conv1.*``/``bn1.*`` -> ``backbone.stem.*``, ``layerN.*`` -> ``backbone.layerN.*``, ``base.`` (the
+    seed's backbone) is dropped, its ``bottleneck.*`` (BN-neck) becomes ``neck.*``; names already in our
+    layout and anything unknown are kept (the latter is reported as unexpected).
+    """
+    out: dict[str, Any] = {}
+    for key, value in state_dict.items():
+        k = _strip(key, "module.")
+        if k.startswith("base."):
+            k = k[len("base."):]
+        elif k.startswith("bottleneck."):
+            k = "neck." + k[len("bottleneck."):]
+        if k.startswith(("conv1.", "bn1.")):
+            k = "backbone.stem." + k
+        elif k.startswith("layer") and k[5:6].isdigit():
+            k = "backbone." + k
+        out[k] = value
+    return out
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, Any]:
+    """The state dict inside a reid checkpoint or a ``{"state_dict"|"model": ...}`` wrapper."""
+    for _ in range(3):
+        if not isinstance(obj, Mapping):
+            break
+        if obj.get("format") == FORMAT:
+            obj = obj.get("model")
+            continue
+        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not any(isinstance(v, Tensor) for v in obj.values()):
+        keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(
+            f"{source} holds no state dict of tensors (top level: {keys}); expected a state dict, "
+            "{'state_dict': ...}, {'model': ...} or a reid checkpoint"
+        )
+    return dict(obj)
+
+
+def _check_architecture(state: Mapping[str, Any], model: ReIDModel, source: str) -> None:
+    """Refuse weights of another depth up front: loading 'what fits' would silently load nearly nothing."""
+    saved = infer_backbone_name(state, "backbone.")
+    if saved is not None and plain_name(saved) != plain_name(model.backbone_name):
+        raise CheckpointError(
+            f"{source} holds {saved} weights but model.backbone is {model.backbone_name}; "
+            f"use weights of a {plain_name(model.backbone_name)} or set model.backbone to match"
+        )
+
+
+def _apply(model: ReIDModel, state: Mapping[str, Any], source: str) -> LoadReport:
+    state = to_model_keys(state)
+    _check_architecture(state, model, source)
+    report = load_matching(model, state, exclude_prefixes=HEAD_PREFIXES, source=source)
+    if not report.loaded:
+        raise CheckpointError(
+            f"no tensor of {source} matches {model.backbone_name} (first keys: {list(state)[:5]}); "
+            "is it a ResNet state dict?"
+        )
+    return report
+
+
+# -- ImageNet through torchvision's weights API ----------------------------------------------------
+def imagenet_weights(backbone: str) -> Any:
+    """torchvision's ``ResNetXX_Weights.IMAGENET1K_V1`` for a backbone (IBN-a: the plain depth's)."""
+    import torchvision.models as tvm
+
+    depth = plain_name(backbone).removeprefix("resnet")
+    enum = getattr(tvm, f"ResNet{depth}_Weights", None)
+    if enum is None:
+        raise CheckpointError(f"torchvision has no ImageNet weights for {backbone}")
+    return enum.IMAGENET1K_V1
+
+
+def imagenet_cache_path(backbone: str) -> Path:
+    """Where torch hub caches (and torchvision's ``get_state_dict`` looks for) a backbone's weights."""
+    filename = os.path.basename(urlparse(imagenet_weights(backbone).url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    # torch.hub opens the URL without a timeout; a black-holed network would otherwise hang forever.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _download(url: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None, progress=False)
+
+
+def imagenet_state_dict(backbone: str) -> tuple[dict[str, Any], Path]:
+    """The cached (or freshly downloaded) torchvision ImageNet state dict and its file."""
+    url = imagenet_weights(backbone).url
+    path = imagenet_cache_path(backbone)
+    if not path.is_file():
+        try:
+            _download(url, path)
+        except Exception as exc:  # URLError, timeout, HTTP or hash errors: all mean "not available"
+            raise CheckpointError(
+                f"ImageNet weights for {backbone} are not in the torch hub cache ({path}) and could not be "
+                f"downloaded ({type(exc).__name__}: {exc}). Without internet: copy {url} to {path} "
+                "(or point TORCH_HOME at a cache that holds it), or use model.pretrained=file with "
+                "model.pretrained_path=<weights file>, or model.pretrained=none"
+            ) from None
+    return load_state(path), path
+
+
+def load_pretrained(model: ReIDModel, config: ModelConfig) -> LoadReport | None:
+    """Load ``config.pretrained`` weights into ``model`` (see the module docstring); None for ``none``."""
+    if config.pretrained == "none":
+        return None
+    if config.pretrained == "imagenet":
+        state, path = imagenet_state_dict(model.backbone_name)
+        report = _apply(model, state, f"ImageNet {plain_name(model.backbone_name)} weights ({path.name})")
+        if is_ibn(model.backbone_name):
+            split = sum(k.endswith(".bn1.IN.weight") for k in report.missing)
+            log.warning(
+                "%s: torchvision has no IBN-a ImageNet weights; loaded the plain %s weights where they fit "
+                "(the %d split bn1 layers of layers 1-3 start from scratch). The published IBN-a results start "
+                "from IBN-Net's weights: model.pretrained=file with model.pretrained_path=<resnet_ibn_a .pth>",
+                model.backbone_name, plain_name(model.backbone_name), split,
+            )
+            log.info("%s", report.summary())
+            return report
+    elif config.pretrained == "file":
+        if config.pretrained_path is None:
+            raise CheckpointError("model.pretrained=file needs model.pretrained_path (a .pth state dict)")
+        path = Path(config.pretrained_path)
+        report = _apply(model, _unwrap(load_state(path), str(path)), str(path))
+    else:  # pragma: no cover - the config validator allows only the three above
+        raise CheckpointError(f"unknown model.pretrained {config.pretrained!r}; use none, imagenet or file")
+    # Dropping the classifier/fc is the point; anything else not loaded deserves a look.
+    surprising = report.unexpected or [k for k, r in report.skipped.items() if not r.startswith("excluded")]
+    (log.warning if surprising else log.info)("%s", report.summary())
+    return report
