@@ -1,0 +1,165 @@
+"""Evaluate a model on a manifest's query/gallery split, write the results, log them to MLflow.
+
+The pieces are separate so the trainer can evaluate every few epochs (``evaluate_model`` +
+``log_to_mlflow`` with a step) while ``reid evaluate`` also writes files (``write_outputs``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from reid.errors import EvaluationError, TrackingError
+from reid.evaluation.features import extract_features
+from reid.evaluation.metrics import EvalResult, evaluate_distances, make_distance_producer, ranked_lists
+
+METRICS_FILE = "metrics.json"
+CMC_CSV = "cmc.csv"
+CMC_PLOT = "cmc.png"
+RANKED_PLOT = "ranked_lists.png"
+
+
+def _labels(samples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.fromiter((s.pid for s in samples), dtype=np.int64, count=len(samples)),
+            np.fromiter((s.camid for s in samples), dtype=np.int64, count=len(samples)))
+
+
+def _pick_queries(ap_per_query: np.ndarray | None, count: int) -> list[int]:
+    """``count`` valid queries spread evenly over the query list (deterministic, not cherry-picked)."""
+    if ap_per_query is None or count <= 0:
+        return []
+    valid = np.flatnonzero(~np.isnan(ap_per_query))
+    if valid.size == 0:
+        return []
+    picks = np.unique(np.linspace(0, valid.size - 1, min(count, valid.size)).round().astype(int))
+    return [int(valid[i]) for i in picks]
+
+
+def evaluate_sample_features(
+    qf: torch.Tensor, gf: torch.Tensor, query: Sequence[Any], gallery: Sequence[Any], eval_cfg: Any
+) -> EvalResult:
+    """The protocol on features of ``Sample`` lists (pid, camid, path), with ranked lists attached.
+
+    The distance producer (plain or re-ranked) is built once and shared by the metrics and by the
+    ranked lists, so the pictures show exactly the ranking that was scored.
+    """
+    if qf.shape[0] != len(query) or gf.shape[0] != len(gallery):
+        raise EvaluationError(
+            f"got {qf.shape[0]} query / {gf.shape[0]} gallery features for {len(query)} / {len(gallery)} images: "
+            "the test loader must yield every image once, in order (with data.corrupt_images=skip a dropped "
+            "image breaks this; fix or remove the corrupt file and rebuild the manifest)"
+        )
+    q_pids, q_cams = _labels(query)
+    g_pids, g_cams = _labels(gallery)
+    produce = make_distance_producer(qf, gf, eval_cfg)
+    result = evaluate_distances(
+        produce, q_pids, g_pids, q_cams, g_cams, max_rank=eval_cfg.max_rank, ap_variant=eval_cfg.ap_variant,
+        cross_camera=eval_cfg.cross_camera, chunk_size=eval_cfg.chunk_size, ranks=eval_cfg.ranks,
+    ).with_flags(rerank=bool(eval_cfg.rerank), distance=eval_cfg.distance)
+    picks = _pick_queries(result.ap_per_query, eval_cfg.num_ranked_lists)
+    if picks:
+        lists = ranked_lists(produce, picks, q_pids, g_pids, q_cams, g_cams, eval_cfg.ranked_list_size,
+                             eval_cfg.cross_camera)
+        lists.query_paths = [str(query[i].path) for i in picks]
+        lists.gallery_paths = [[str(gallery[j].path) if j >= 0 else None for j in row] for row in lists.gallery_index]
+        result = result.with_flags(ranked_lists=lists)
+    return result
+
+
+def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.device | str) -> EvalResult:
+    """Extract query and gallery features with ``config.data`` and score them with ``config.eval``.
+
+    ``manifest`` has ``query`` and ``gallery`` lists of ``Sample``; the images are read by
+    ``reid.data.loaders.build_test_loader(samples, config, device)`` (normalised batches, in order).
+    """
+    from reid.data.loaders import build_test_loader
+
+    device = torch.device(device)
+    if not manifest.query or not manifest.gallery:
+        raise EvaluationError(
+            f"the manifest has {len(manifest.query)} query and {len(manifest.gallery)} gallery images; "
+            "evaluation needs both (rebuild it with `reid prepare`)"
+        )
+    flip = bool(config.eval.flip)
+    qf = extract_features(model, build_test_loader(manifest.query, config, device), device, flip)
+    gf = extract_features(model, build_test_loader(manifest.gallery, config, device), device, flip)
+    return evaluate_sample_features(qf, gf, manifest.query, manifest.gallery, config.eval)
+
+
+def write_outputs(
+    result: EvalResult, out_dir: Path | str, extra: dict[str, Any] | None = None, title: str | None = None
+) -> dict[str, Path]:
+    """Write ``metrics.json`` (plus ``extra`` keys), ``cmc.csv`` (for ``dvc plots``), ``cmc.png`` and,
+    when the result carries them, ``ranked_lists.png``. Returns ``{name: path}`` of what was written.
+    """
+    from reid.evaluation.plots import plot_cmc, ranked_list_figure
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    metrics = {**result.to_dict(), **(extra or {})}
+    paths["metrics"] = out / METRICS_FILE
+    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    paths["cmc_csv"] = out / CMC_CSV
+    with paths["cmc_csv"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["rank", "cmc"])
+        writer.writerows((k + 1, f"{v:.6f}") for k, v in enumerate(result.cmc))
+    paths["cmc_plot"] = plot_cmc({title: result} if title else result, out / CMC_PLOT,
+                                 title=f"CMC ({result.ap_variant} AP{', re-ranked' if result.rerank else ''})")
+    lists = result.ranked_lists
+    if lists is not None and lists.query_paths and lists.gallery_paths is not None and len(lists.query_index):
+        paths["ranked_lists"] = ranked_list_figure(lists.query_paths, lists.gallery_paths, None, lists.matches,
+                                                   out / RANKED_PLOT)
+    return paths
+
+
+def metrics_for_logging(result: EvalResult, prefix: str = "") -> dict[str, float]:
+    """The numeric metrics, as MLflow receives them (``mAP``, ``rank1``..., ``mINP``, query counts)."""
+    return {f"{prefix}{k}": float(v) for k, v in result.to_dict().items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def log_to_mlflow(
+    result: EvalResult,
+    artifacts: Iterable[Path] = (),
+    run_id: str | None = None,
+    prefix: str = "",
+    step: int | None = None,
+    tracking_uri: str | None = None,
+    artifact_path: str = "evaluation",
+) -> bool:
+    """Log metrics (and artifact files) to the run ``run_id``, or to the active run if none is given.
+
+    Returns False, doing nothing, when there is neither. Uses ``MlflowClient`` with an explicit run id
+    so that it never starts, ends or switches the caller's active run.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            return False
+        run_id = active.info.run_id
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, step or 0) for key, value in metrics_for_logging(result, prefix).items()]
+    try:
+        client.log_batch(run_id, metrics=metrics)
+        client.set_tag(run_id, f"{prefix}ap_variant", result.ap_variant)
+        client.set_tag(run_id, f"{prefix}rerank", str(bool(result.rerank)).lower())
+        for path in artifacts:
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    except MlflowException as exc:
+        raise TrackingError(f"could not log the evaluation to MLflow run {run_id}: {exc}") from exc
+    return True
