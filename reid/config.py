@@ -138,6 +138,13 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(20, ge=1)
     sync_bn: bool = False
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false, and `dvc exp run -S` rewrites params.yaml without
+        # the quotes, so `amp: off` must mean what it says.
+        return "off" if v is False else v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

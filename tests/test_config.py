@@ -117,3 +117,13 @@ def test_flatten_and_merge_helpers() -> None:
     assert base == {"a": {"b": 1, "c": 2}}
     flat = Config().flat()
     assert flat["kd.feature_loss_coefficient"] == 0.03 and flat["model.backbone"] == "resnet50"
+
+
+def test_unquoted_amp_off_means_off(tmp_path: Path) -> None:
+    """YAML 1.1 reads `amp: off` as false; `dvc exp run -S` writes it unquoted."""
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(path).train.amp == "off"
+    path.write_text("train:\n  amp: on\n")
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(path)
