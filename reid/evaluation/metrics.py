@@ -1,6 +1,6 @@
 """The Market-1501 retrieval protocol (mAP, CMC, mINP), exact and vectorised, in chunks of queries.
 
-Protocol, as the reference evaluators apply it (see ``/work/shared/reference/reid-facts.md``):
+Protocol, as the reference evaluators apply it:
 
 * For each query, gallery images with the same identity **and** the same camera are *junk*: they are
   removed from that query's ranking (``cross_camera=True``). With ``cross_camera=False`` nothing is

@@ -8,7 +8,7 @@ same weight works for T = 4 and T = 16. ``symmetric=True`` is the *average* of b
 found the symmetric form to work best for ReID, with T = 16).
 
 ``feature_distance(s, t, kind)``: a distance per sample, then the batch mean, so the loss does not
-grow with the batch size (the seed project's ``torch.dist`` over the whole batch did):
+grow with the batch size (the replaced distillation code's ``torch.dist`` over the whole batch did):
 ``l2`` = Euclidean norm of ``s - t``; ``mse`` = mean squared difference over the dimensions;
 ``cosine`` = ``1 - cos(s, t)``.
 

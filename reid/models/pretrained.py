@@ -11,7 +11,7 @@
 * ``file``: ``model.pretrained_path``, loaded with ``weights_only=True``. Accepted: a raw backbone
   state dict in torchvision layout (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``fc.*``),
   the same inside ``{"state_dict": ...}`` or ``{"model": ...}``, with or without DataParallel's
-  ``module.`` prefix, the seed project's strong-baseline layout (``base.*``, ``bottleneck.*``), the
+  ``module.`` prefix, reid-strong-baseline's layout (``base.*``, ``bottleneck.*``), the
   original IBN-Net release (``layer1.0.bn1.IN.weight``), or a reid checkpoint.
 
 IBN-a and ``imagenet``: torchvision has no IBN-a weights. We load the plain ResNet of the same depth
@@ -21,7 +21,7 @@ that the published IBN-a numbers start from IBN-Net's own ImageNet weights (``pr
 chose this over an error because the conv weights are by far the valuable part of the initialisation
 and the README's ``pretrained: imagenet`` must work for every backbone.
 
-Everything is copied by :func:`load_matching` (the seed project's ``load_param``): every tensor whose
+Everything is copied by :func:`load_matching` (reid-strong-baseline's ``load_param``): every tensor whose
 name and shape match, except the classifier (the class count differs between datasets) and the ImageNet
 ``fc``. It returns a :class:`LoadReport`, which is also logged.
 """
@@ -136,7 +136,7 @@ def to_model_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Rename torchvision / IBN-Net / seed-project / DataParallel keys into :class:`ReIDModel` names.
 
     ``conv1.*``/``bn1.*`` -> ``backbone.stem.*``, ``layerN.*`` -> ``backbone.layerN.*``, ``base.`` (the
-    seed's backbone) is dropped, its ``bottleneck.*`` (BN-neck) becomes ``neck.*``; names already in our
+    reid-strong-baseline's backbone) is dropped, its ``bottleneck.*`` (BN-neck) becomes ``neck.*``; names already in our
     layout and anything unknown are kept (the latter is reported as unexpected).
     """
     out: dict[str, Any] = {}
