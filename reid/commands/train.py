@@ -1,0 +1,67 @@
+"""``reid train``: train the strong baseline (or a variant) with checkpoints, resume and MLflow tracking.
+
+Relative tracking paths (``sqlite:///mlflow.db``, ``mlruns``) are anchored at ``DVC_ROOT`` inside a
+DVC stage, else beside the params file, like ``reid ui`` and ``reid evaluate``, so that every
+command of the project reads and writes the same store wherever it is started from.
+
+Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss),
+130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
+last completed epoch and ``reid train --resume`` continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from reid.commands._common import clean_errors, config_from_cli
+
+
+def command(
+    params: Annotated[Path, typer.Option("--params", "-p", help="Parameter file (params.yaml).")] = Path("params.yaml"),
+    variant: Annotated[
+        Optional[str], typer.Option("--variant", help="Named variant of params.yaml to merge over the base (e.g. sd_003).")
+    ] = None,
+    override: Annotated[
+        Optional[list[str]], typer.Option("--override", "-o", help="key=value override, repeatable (e.g. -o optim.lr=0.001).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Continue from <train.output_dir>/last.pt and its MLflow run.")
+    ] = False,
+    run_name: Annotated[
+        Optional[str],
+        typer.Option("--run-name", help="MLflow run name (default: tracking.run_name, else the variant, else the output folder)."),
+    ] = None,
+) -> None:
+    """Train a ReID model: checkpoints (best.pt, last.pt), metrics.json and an MLflow run."""
+    from reid.commands.ui import project_base
+    from reid.tracking.mlflow_tracker import Terminated
+
+    with clean_errors():
+        config = config_from_cli(params, variant, override)
+        from reid.engine.trainer import train
+
+        try:
+            result = train(config, resume=resume, variant=variant, run_name=run_name, tracking_base=project_base(params))
+        except KeyboardInterrupt as exc:
+            code = 143 if isinstance(exc, Terminated) else 130
+            last = Path(config.train.output_dir) / "last.pt"
+            typer.secho(f"interrupted ({exc or 'Ctrl-C'}); {last} holds the last completed epoch. "
+                        f"Continue with: reid train --params {params}{f' --variant {variant}' if variant else ''} --resume",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=code) from None
+
+    metrics = result.metrics
+    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("mAP", "rank1", "rank5", "mINP") if isinstance(metrics.get(k), float))
+    typer.echo(f"finished {result.epochs} epoch(s), {result.global_step} steps: {shown}")
+    if result.best_metric is not None:
+        typer.echo(f"best mAP {result.best_metric:.4f} at epoch {result.best_epoch}: {result.best_checkpoint}")
+    typer.echo(f"last checkpoint: {result.last_checkpoint}")
+    typer.echo(f"metrics: {result.metrics_path}   config: {result.config_path}")
+    if result.mlflow_run_id:
+        typer.echo(f"MLflow run: {result.mlflow_run_id} (experiment {config.tracking.experiment!r}); "
+                   f"see it with: reid ui --params {params}")
+    else:
+        typer.echo("MLflow tracking is off (tracking.enabled=false)")

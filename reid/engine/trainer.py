@@ -1,0 +1,720 @@
+"""The training loop of the strong baseline (and of every distillation variant), with MLflow tracking.
+
+``train(config)`` trains ``config.train.epochs`` epochs, evaluates every ``train.eval_every`` epochs
+and after the last, and leaves in ``train.output_dir``:
+
+* ``last.pt``: the full state after the last completed epoch (model, objective heads, optimisers,
+  schedule, sampler, RNG, MLflow run id, best metric), rewritten atomically every epoch;
+* ``best.pt``: the deployable model of the best evaluation by mAP (no optimiser state);
+* ``metrics.json``: the final evaluation plus ``best_mAP``/``best_epoch``; ``config.yaml``: the
+  resolved configuration.
+
+Speed: the step never waits for the GPU. Loss sums, the accuracy count and the non-finite watch are
+accumulated *on the device*; the host reads them once per ``train.log_every_steps`` steps (and at
+the end of an epoch), which is also when progress and MLflow see new numbers. The consequence is
+that a NaN is noticed at the next such point, not at the exact step; the step where it first
+happened is still recorded on the device and named in the error.
+
+Non-finite loss: training stops with :class:`~reid.errors.NonFiniteLossError` naming the epoch, the
+first bad step and the last finite loss values. ``last.pt`` is never written after a NaN, so the last
+good checkpoint stays; the MLflow run ends FAILED.
+
+Resume (``reid train --resume``, explicit by design: silently continuing whatever ``last.pt`` a
+folder happens to hold is how runs get mixed up). Without ``--resume`` an existing ``last.pt`` is
+overwritten by the new run (with a warning). With it:
+
+* the checkpoint must exist, come from the same backbone and class count
+  (:class:`~reid.errors.CheckpointError` otherwise) and the same training data (manifest hash);
+* the configuration must be the same except for keys that cannot change the trained weights of the
+  epochs already done (:data:`RESUMABLE_CHANGES`: ``train.epochs``, evaluation, tracking, paths,
+  loader workers, ...); any other difference is a ``CheckpointError`` listing every differing key;
+* everything is restored and the run continues in the *same* MLflow run, which is set back to
+  RUNNING (a SIGKILLed run could not mark itself) and ends FINISHED.
+
+Exactness: checkpoints are written at the end of an epoch, and every epoch's randomness is derived
+from ``(train.seed, epoch, rank)``: the global generators are reseeded at the start of each epoch
+and the loader's sampler/augmentation streams come from its ``set_epoch``. So a run killed in the
+middle of epoch ``e`` and resumed replays epoch ``e`` exactly, and on the CPU (or with
+``train.deterministic``) reaches the same final weights as an uninterrupted run. Metrics of the
+replayed steps are logged to MLflow a second time (same step numbers).
+
+Distributed (``torchrun``): see :mod:`reid.engine.distributed`. Rank 0 tracks, evaluates and writes
+checkpoints; the loss statistics are averaged over the ranks before they are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from reid.config import Config, dump_config, flatten
+from reid.engine import distributed as dist_utils
+from reid.engine.checkpoint import load_checkpoint, save_checkpoint
+from reid.engine.device import (
+    AmpPolicy,
+    amp_policy,
+    configure_backends,
+    epoch_seed,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from reid.engine.optim import (
+    build_center_optimizer,
+    build_optimizer,
+    build_scheduler,
+    exclude,
+    rescale_center_gradients,
+    sync_lr,
+)
+from reid.engine.progress import EpochProgress
+from reid.errors import CheckpointError, NonFiniteLossError, ReidError
+from reid.tracking.mlflow_tracker import Tracker, run_tags, sigterm_as_interrupt
+
+LAST = "last.pt"
+BEST = "best.pt"
+METRICS = "metrics.json"
+CONFIG = "config.yaml"
+SELECTION_METRIC = "mAP"
+
+# Dotted keys (or "section." prefixes) that may differ between a checkpoint and the resuming run:
+# they change how long training goes on, where things are written or how it is observed, never
+# what the epochs already trained would have been.
+RESUMABLE_CHANGES: tuple[str, ...] = (
+    "train.epochs", "train.eval_every", "train.log_every_steps", "train.output_dir", "train.device",
+    "train.compile", "data.num_workers", "data.test_batch_size", "data.root", "data.manifest", "data.input_pipeline",
+    "model.pretrained", "model.pretrained_path", "eval.", "tracking.",
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training produced."""
+
+    output_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path
+    metrics_path: Path
+    config_path: Path
+    metrics: dict[str, Any]            # the final evaluation (after the last epoch)
+    best_metric: float | None          # best mAP seen
+    best_epoch: int | None             # 1-based epoch of best.pt
+    epochs: int                        # completed epochs
+    global_step: int
+    mlflow_run_id: str | None
+    resumed_from_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume checks
+# ------------------------------------------------------------------------------------------------
+def _resumable_key(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (saved, current)}`` for every differing key that would change the training."""
+    old, new = flatten(dict(saved)), flatten(dict(current))
+    diffs = {}
+    for key in sorted(set(old) | set(new)):
+        if _resumable_key(key):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            diffs[key] = (old.get(key, "<absent>"), new.get(key, "<absent>"))
+    return diffs
+
+
+REQUIRED_RESUME_KEYS = ("config", "num_classes", "epoch", "global_step", "model", "optimizers", "schedulers")
+
+
+def check_resumable(state: Mapping[str, Any], config: Config, path: Path) -> None:
+    """Refuse a checkpoint that cannot continue this configuration, naming what differs."""
+    missing = [k for k in REQUIRED_RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} cannot be resumed: it lacks {', '.join(missing)} "
+            f"(only {LAST} written by `reid train` holds the optimiser and sampler state; {BEST} does not)"
+        )
+    saved = state["config"]
+    saved_backbone = (saved.get("model") or {}).get("backbone")
+    if saved_backbone != config.model.backbone:
+        raise CheckpointError(
+            f"{path} was trained with backbone {saved_backbone!r}, this run uses {config.model.backbone!r}; "
+            "resume with the configuration it was trained with, or start a new run in another train.output_dir"
+        )
+    diffs = config_differences(saved, config.model_dump(mode="json"))
+    if diffs:
+        lines = "\n".join(f"  - {k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diffs.items())
+        raise CheckpointError(
+            f"cannot resume from {path}: the configuration differs in keys that change training:\n{lines}\n"
+            f"Undo these changes to resume (keys that may change: {', '.join(RESUMABLE_CHANGES)}), "
+            "or train without --resume / into another train.output_dir"
+        )
+
+
+def check_same_data(state: Mapping[str, Any], num_classes: int, data_hash: str | None, path: Path) -> None:
+    if int(state["num_classes"]) != int(num_classes):
+        raise CheckpointError(
+            f"{path} has a classifier for {state['num_classes']} identities but the training data has "
+            f"{num_classes}; it belongs to another dataset or manifest"
+        )
+    saved_hash = state.get("data_hash")
+    if saved_hash and data_hash and saved_hash != data_hash:
+        raise CheckpointError(
+            f"{path} was trained on other data (manifest hash {saved_hash[:12]}, now {data_hash[:12]}); "
+            "resume with the manifest it was trained on"
+        )
+
+
+def _load(module: nn.Module, weights: Mapping[str, torch.Tensor], what: str, path: Path) -> None:
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: the {what} weights do not fit this model: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Step statistics kept on the device
+# ------------------------------------------------------------------------------------------------
+class StepStats:
+    """Device-side sums of the loss terms and accuracy, plus a watch for the first non-finite loss.
+
+    ``add`` launches a handful of tiny kernels and never synchronises; ``flush`` copies everything
+    to the host in one transfer (and averages over the ranks of a distributed run).
+    """
+
+    def __init__(self, names: list[str], device: torch.device) -> None:
+        self.names = names
+        n = len(names) + 1  # total first
+        self.device = device
+        self.sums = torch.zeros(n, device=device)
+        self.correct = torch.zeros((), device=device)
+        self.images = 0
+        self.steps = 0
+        self.counter = torch.zeros((), device=device, dtype=torch.int64)  # global step on the device
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        self.bad_values = torch.zeros(n, device=device)
+        self.last_finite = torch.full((n,), float("nan"), device=device)
+        self.last_finite_step = torch.full((), -1, device=device, dtype=torch.int64)
+        self.has_acc = False
+
+    @property
+    def labels(self) -> list[str]:
+        """``loss`` (the sum) and ``loss_<term>`` for each term, as logged (``train/loss_id``...)."""
+        return ["loss", *(n if n.startswith("loss") else f"loss_{n}" for n in self.names)]
+
+    def set_global_step(self, step: int) -> None:
+        self.counter.fill_(step)
+
+    def add(self, total: torch.Tensor, losses: Mapping[str, torch.Tensor], logits: torch.Tensor | None,
+            labels: torch.Tensor) -> None:
+        self.counter += 1
+        vec = torch.stack([total.detach().float()] + [losses[n].detach().float().reshape(()) for n in self.names])
+        finite = torch.isfinite(vec).all()
+        clean = self.first_bad < 0
+        newly_bad = clean & ~finite
+        self.first_bad = torch.where(newly_bad, self.counter, self.first_bad)
+        self.bad_values = torch.where(newly_bad, vec, self.bad_values)
+        keep = clean & finite
+        self.last_finite = torch.where(keep, vec, self.last_finite)
+        self.last_finite_step = torch.where(keep, self.counter, self.last_finite_step)
+        self.sums += vec
+        if logits is not None:
+            self.has_acc = True
+            self.correct += (logits.detach().argmax(dim=1) == labels).sum()
+        self.images += int(labels.shape[0])
+        self.steps += 1
+
+    def flush(self, world_size: int) -> dict[str, Any]:
+        """Host copy of the interval's means; resets the sums (the non-finite watch is kept)."""
+        packed = torch.cat([self.sums, self.correct.reshape(1).float(), (self.first_bad >= 0).reshape(1).float()])
+        dist_utils.all_reduce_(packed)
+        values = packed.tolist()
+        steps = max(self.steps, 1)
+        out = {
+            "losses": {name: values[i] / (steps * world_size) for i, name in enumerate(self.labels)},
+            "acc": values[-2] / max(self.images * world_size, 1) if self.has_acc else None,
+            "images": self.images * world_size,
+            "steps": self.steps,
+            "nonfinite": values[-1] > 0,
+        }
+        self.sums.zero_()
+        self.correct.zero_()
+        self.images = 0
+        self.steps = 0
+        return out
+
+    def nonfinite_report(self) -> dict[str, Any]:
+        names = self.labels
+        return {
+            "first_bad": int(self.first_bad.item()),
+            "bad": dict(zip(names, self.bad_values.tolist())),
+            "last_finite": dict(zip(names, self.last_finite.tolist())),
+            "last_finite_step": int(self.last_finite_step.item()),
+        }
+
+
+def _fmt_losses(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainer
+# ------------------------------------------------------------------------------------------------
+class _Trainer:
+    """State of one training run; ``train()`` below is its only entry point."""
+
+    def __init__(self, config: Config, manifest: Any, resume: bool, variant: str | None, run_name: str | None,
+                 tracking_base: Path | None, progress: bool, log: Callable[[str], None] | None) -> None:
+        self.config = config
+        self.manifest_arg = manifest
+        self.resume = resume
+        self.variant = variant
+        self.run_name = run_name
+        self.tracking_base = tracking_base
+        self.show_progress = progress
+        self._log = log
+        self.out = Path(config.train.output_dir)
+        self.last_path = self.out / LAST
+        self.best_path = self.out / BEST
+        self.metrics_path = self.out / METRICS
+        self.config_path = self.out / CONFIG
+
+    def say(self, message: str) -> None:
+        if self.ctx.is_main:
+            (self._log or (lambda m: print(m, file=sys.stderr, flush=True)))(message)
+
+    # -- setup -----------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg = self.config
+        local_rank = int(os.environ.get("LOCAL_RANK") or 0)
+        self.device = resolve_device(cfg.train.device, local_rank)
+        self.ctx = dist_utils.init_from_env(self.device)
+        try:
+            return self._run()
+        finally:
+            dist_utils.cleanup(self.ctx)
+
+    def _run(self) -> TrainResult:
+        cfg, ctx = self.config, self.ctx
+        dist_utils.check_batch_split(cfg.data.ids_per_batch, ctx)
+        state = self._resume_state()
+        tracker = Tracker(cfg.tracking, rank=ctx.rank, base=self.tracking_base)
+        tracker.check()  # an unusable tracking store fails here, before any data is read
+
+        manifest = self.manifest_arg
+        if manifest is None:
+            from reid.data.manifest import load_manifest
+
+            manifest = load_manifest(cfg.data.manifest)
+        self.manifest = manifest
+        num_classes = int(manifest.num_classes)
+        data_hash = getattr(manifest, "content_hash", None)
+        if state is not None:
+            check_same_data(state, num_classes, data_hash, self.last_path)
+        self.num_classes, self.data_hash = num_classes, data_hash
+
+        self._build(state)
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.config_path)
+
+        tags = run_tags(cfg, variant=self.variant, dataset=_dataset_name(manifest, cfg), base=self.tracking_base,
+                        extra={"dataset_hash": data_hash, "num_classes": num_classes,
+                               "num_train_images": len(manifest.train), "world_size": ctx.world_size,
+                               "device": str(self.device), "amp": self.amp.name})
+        resume_run = state.get("mlflow_run_id") if state is not None else None
+        run_name = self.run_name or cfg.tracking.run_name or self.variant or self.out.name
+        with sigterm_as_interrupt(), tracker.start(run_id=resume_run, run_name=run_name, tags=tags):
+            self.tracker = tracker
+            if tracker.resumed:
+                tracker.set_tags({"reid.resumed_at_epoch": self.start_epoch})
+            tracker.log_params(cfg.flat())
+            tracker.log_artifact(self.config_path)
+            result = self._loop()
+            tracker.log_artifact(self.metrics_path)
+            if self.best_path.is_file():
+                tracker.log_artifact(self.best_path, "checkpoints")
+            if tracker.failures:
+                self.say(f"warning: {tracker.failures} MLflow logging call(s) failed; see the warnings above")
+        dist_utils.barrier(ctx)
+        return result
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        if not self.resume:
+            if self.last_path.is_file() and self.ctx.is_main:
+                warnings.warn(f"{self.last_path} exists and will be overwritten by this new run; "
+                              "pass --resume to continue it instead", stacklevel=3)
+            return None
+        if not self.last_path.is_file():
+            raise CheckpointError(f"nothing to resume: {self.last_path} does not exist; train without --resume "
+                                  "(or set train.output_dir to the folder of the run to continue)")
+        state = load_checkpoint(self.last_path, map_location="cpu")
+        check_resumable(state, self.config, self.last_path)
+        return state
+
+    def _build(self, state: dict[str, Any] | None) -> None:
+        from reid.data.loaders import build_train_loader
+        from reid.engine.objective import build_objective
+        from reid.models.reid_model import build_model
+
+        cfg, ctx, device = self.config, self.ctx, self.device
+        seed_everything(cfg.train.seed)
+        configure_backends(device, cfg.train.deterministic)
+        self.amp: AmpPolicy = amp_policy(cfg.train.amp, device)
+
+        model = build_model(cfg, self.num_classes)
+        if state is None and cfg.model.pretrained != "none":
+            from reid.models.pretrained import load_pretrained
+
+            report = load_pretrained(model, cfg.model)
+            if report is not None:
+                self.say(f"pretrained weights: {report.summary()}")
+        self.channels_last = device.type == "cuda" and cfg.model.channels_last
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        objective = build_objective(cfg, model, self.num_classes, device).to(device)
+        if ctx.distributed and cfg.train.sync_bn:
+            objective = dist_utils.convert_sync_batchnorm(objective, device)
+        self.objective = objective
+        if ctx.distributed:
+            _globalise_batch_losses(objective)
+
+        centers = list(objective.center_parameters())
+        self.optimizer = build_optimizer(cfg.optim, exclude(objective.trainable_parameters(), centers), device)
+        self.center_optimizer = build_center_optimizer(cfg.loss, centers)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.epochs)
+        self.scaler = self.amp.grad_scaler(device)
+        self.loader = build_train_loader(self.manifest, cfg, device, rank=ctx.rank, world_size=ctx.world_size)
+
+        self.start_epoch, self.global_step = 0, 0
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.last_metrics: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []
+        self.checkpoint_run_id: str | None = state.get("mlflow_run_id") if state is not None else None
+        self._saved_epoch: int | None = None  # epochs in the last.pt this run may fall back to
+        if state is not None:
+            self._restore(state)
+            self._saved_epoch = self.start_epoch
+        self._frozen: bool | None = None
+        self.step_module: nn.Module = objective
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        path = self.last_path
+        _load(self.model, state["model"], "model", path)
+        extra = state.get("objective") or {}
+        if extra:
+            try:
+                self.objective.load_extra_state_dict(extra)
+            except (RuntimeError, KeyError) as exc:
+                raise CheckpointError(f"{path}: the objective state does not fit ({exc})") from None
+        try:
+            self.optimizer.load_state_dict(state["optimizers"]["main"])
+            if self.center_optimizer is not None and state["optimizers"].get("center"):
+                self.center_optimizer.load_state_dict(state["optimizers"]["center"])
+            self.scheduler.load_state_dict(state["schedulers"]["main"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: the optimiser/scheduler state does not fit this run ({exc})") from None
+        sync_lr(self.scheduler)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        samplers = state.get("sampler_ranks") or [state.get("sampler")]
+        rngs = state.get("rng_ranks") or [state.get("rng")]
+        rank = self.ctx.rank if len(samplers) == self.ctx.world_size else 0
+        if samplers[rank] is not None:
+            self.loader.load_state_dict(samplers[rank])
+        if rngs[min(rank, len(rngs) - 1)] is not None:
+            set_rng_state(rngs[min(rank, len(rngs) - 1)])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_metric = state.get("best_metric")
+        self.best_epoch = state.get("best_epoch")
+        self.last_metrics = dict(state.get("metrics") or {})
+        self.history = list(state.get("history") or [])
+        self.say(f"resuming from {path}: {self.start_epoch} epoch(s) done, global step {self.global_step}")
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _set_frozen(self, frozen: bool) -> None:
+        """Freeze/unfreeze the backbone and (re)wrap DDP, which only reduces what required grad when built."""
+        if frozen == self._frozen:
+            return
+        if self.config.model.freeze_backbone_epochs > 0 or self._frozen is not None:
+            self.model.freeze_backbone(frozen)
+        self._frozen = frozen
+        module = dist_utils.wrap_ddp(self.objective, self.ctx, self.device, self.config.train.sync_bn)
+        if self.config.train.compile:
+            module = torch.compile(module)
+        self.step_module = module
+
+    def _loop(self) -> TrainResult:
+        cfg = self.config
+        epochs = cfg.train.epochs
+        resumed_from = self.start_epoch if self.resume else None
+        if self.start_epoch >= epochs:
+            self.say(f"nothing to train: {self.start_epoch} of {epochs} epoch(s) already done")
+        else:
+            self.say(
+                f"training {cfg.model.backbone} on {len(self.manifest.train)} images of {self.num_classes} ids | "
+                f"device {self.device}{f' x{self.ctx.world_size}' if self.ctx.distributed else ''}, amp {self.amp.name}, "
+                f"batch {cfg.data.batch_size}, epochs {self.start_epoch + 1}..{epochs} | output {self.out}"
+            )
+        for epoch in range(self.start_epoch, epochs):
+            self._train_epoch(epoch)
+            completed = epoch + 1
+            if completed % cfg.train.eval_every == 0 or completed == epochs:
+                self._evaluate(completed)
+            self.scheduler.step()
+            self._save_last(completed)
+            dist_utils.barrier(self.ctx)
+        if not self.last_metrics and self.ctx.is_main:
+            self._evaluate(max(self.start_epoch, epochs))  # a resume of a finished run without metrics
+        return self._finish(resumed_from)
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg, device = self.config, self.device
+        self._set_frozen(epoch < cfg.model.freeze_backbone_epochs)
+        seed_everything(epoch_seed(cfg.train.seed, epoch, self.ctx.rank))
+        self.loader.set_epoch(epoch)
+        self.objective.train()
+        steps = len(self.loader)
+        if cfg.train.max_steps_per_epoch is not None:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        if steps == 0:
+            raise ReidError("the training loader yields no batch; are there enough identities with "
+                            f"{cfg.data.instances_per_id} images for P={cfg.data.ids_per_batch}?")
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._epoch_first_step = self.global_step
+        bar = EpochProgress(epoch + 1, cfg.train.epochs, steps, enabled=self.show_progress and self.ctx.is_main)
+        stats: StepStats | None = None
+        epoch_sums: dict[str, float] = {}
+        epoch_correct = 0.0
+        epoch_images = 0
+        epoch_steps = 0
+        shown: dict[str, float] = {}
+        start = tick = time.perf_counter()
+        log_every = cfg.train.log_every_steps
+
+        iterator = iter(self.loader)
+        for step in range(steps):
+            try:
+                images, labels = next(iterator)
+            except StopIteration:
+                break
+            if self.channels_last and not images.is_contiguous(memory_format=torch.channels_last):
+                images = images.contiguous(memory_format=torch.channels_last)
+            total, losses, outputs = self._step(images, labels)
+            if stats is None:
+                stats = StepStats(list(losses), device)
+                stats.set_global_step(self.global_step)
+            stats.add(total, losses, outputs.get("logits") if isinstance(outputs, Mapping) else None, labels)
+            self.global_step += 1
+            last = step == steps - 1
+            if self.global_step % log_every == 0 or last:
+                flushed = stats.flush(self.ctx.world_size)
+                if flushed["nonfinite"]:
+                    self._raise_nonfinite(epoch, steps, stats)
+                now = time.perf_counter()
+                ips = flushed["images"] / max(now - tick, 1e-9)
+                tick = now
+                n = flushed["steps"]
+                for name, value in flushed["losses"].items():
+                    epoch_sums[name] = epoch_sums.get(name, 0.0) + value * n
+                epoch_steps += n
+                epoch_images += flushed["images"]
+                step_metrics = {f"train_step/{k}": v for k, v in flushed["losses"].items()}
+                shown = {"loss": flushed["losses"]["loss"]}
+                if flushed["acc"] is not None:
+                    epoch_correct += flushed["acc"] * flushed["images"]
+                    step_metrics["train_step/acc"] = flushed["acc"]
+                    shown["acc"] = flushed["acc"]
+                shown.update({"lr": lr, "img/s": ips})
+                step_metrics.update({"train_step/lr": lr, "train_step/img_per_s": ips})
+                self.tracker.log_metrics(step_metrics, step=self.global_step)
+            bar.update(step + 1, shown)
+
+        elapsed = time.perf_counter() - start
+        epoch_metrics = {f"train/{k}": v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
+        if stats is not None and stats.has_acc:
+            epoch_metrics["train/acc"] = epoch_correct / max(epoch_images, 1)
+        epoch_metrics.update({"train/lr": lr, "train/img_per_s": epoch_images / max(elapsed, 1e-9),
+                              "train/epoch_time_s": elapsed})
+        summary = {"loss": epoch_metrics.get("train/loss", float("nan"))}
+        if "train/acc" in epoch_metrics:
+            summary["acc"] = epoch_metrics["train/acc"]
+        summary.update({"lr": lr, "img/s": epoch_metrics["train/img_per_s"]})
+        bar.close(steps, summary)
+        self.tracker.log_metrics(epoch_metrics, step=epoch + 1)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+        """One optimisation step: forward under autocast, summed losses, backward, optimiser steps."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.center_optimizer is not None:
+            self.center_optimizer.zero_grad(set_to_none=True)
+        with self.amp.autocast(self.device):
+            losses, outputs = self.step_module(images, labels)
+        if not losses:
+            raise ReidError("the objective returned no loss term; every loss weight is 0?")
+        total = sum(loss.float() for loss in losses.values())
+        self.scaler.scale(total).backward()
+        if self.center_optimizer is not None:
+            self.scaler.unscale_(self.center_optimizer)
+            rescale_center_gradients(self.center_optimizer, self.config.loss.center_weight)
+            self.scaler.step(self.center_optimizer)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total, losses, outputs
+
+    def _raise_nonfinite(self, epoch: int, steps: int, stats: StepStats) -> None:
+        report = stats.nonfinite_report()
+        bad_step = report["first_bad"]
+        if bad_step >= 0:
+            step_in_epoch = bad_step - self._epoch_first_step
+            where = (f"epoch {epoch + 1}, step {step_in_epoch} of {steps} (global step {bad_step}): "
+                     f"{_fmt_losses(report['bad'])}")
+        else:
+            where = f"epoch {epoch + 1} on another process of the distributed run"
+        last_ok = (f"last finite values (global step {report['last_finite_step']}): {_fmt_losses(report['last_finite'])}"
+                   if report["last_finite_step"] >= 0 else "no finite loss was seen before it in this epoch")
+        saved = self._saved_epoch
+        kept = (f"the last good checkpoint {self.last_path} (after epoch {saved}) is kept" if saved
+                else "no checkpoint of this run had been written yet")
+        raise NonFiniteLossError(
+            f"the training loss became non-finite at {where}; {last_ok}. Training stopped and {kept}. "
+            "Lower optim.lr, check the data (corrupt images?) or try train.amp=off."
+        )
+
+    # -- evaluation and checkpoints --------------------------------------------------------------
+    def _evaluate(self, completed: int) -> None:
+        if not self.ctx.is_main:
+            return
+        from reid.evaluation.runner import evaluate_model, metrics_for_logging
+
+        started = time.perf_counter()
+        result = evaluate_model(self.model, self.manifest, self.config, self.device)
+        metrics = result.to_dict()
+        metrics["epoch"] = completed
+        self.last_metrics = metrics
+        self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        logged = metrics_for_logging(result)
+        logged["eval_time_s"] = time.perf_counter() - started
+        self.tracker.log_metrics(logged, step=completed)
+        value = float(metrics[SELECTION_METRIC])
+        improved = self.best_metric is None or value > self.best_metric
+        note = " (best)" if improved else f" (best {self.best_metric:.4f} at epoch {self.best_epoch})"
+        self.say(f"epoch {completed}: mAP {value:.4f}  rank1 {metrics.get('rank1', float('nan')):.4f}  "
+                 f"mINP {metrics.get('mINP', float('nan')):.4f}{note}")
+        if improved:
+            self.best_metric, self.best_epoch = value, completed
+            save_checkpoint(self._payload(completed, full=False), self.best_path)
+            self.tracker.log_metrics({f"best/{SELECTION_METRIC}": value, "best/epoch": completed}, step=completed)
+
+    def _payload(self, completed: int, full: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "config": self.config.model_dump(mode="json"),
+            "num_classes": self.num_classes,
+            "epoch": completed,
+            "global_step": self.global_step,
+            "model": _cpu_state(self.model.state_dict()),
+            "objective": self.objective.extra_state_dict(),
+            # Kept from the resumed checkpoint when tracking was switched off for the resume.
+            "mlflow_run_id": (getattr(self, "tracker", None) and self.tracker.run_id) or self.checkpoint_run_id,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "metrics": {k: v for k, v in self.last_metrics.items() if isinstance(v, (int, float, str))},
+            "data_hash": self.data_hash,
+            "world_size": self.ctx.world_size,
+        }
+        if full:
+            payload.update({
+                "optimizers": {"main": self.optimizer.state_dict(),
+                               "center": self.center_optimizer.state_dict() if self.center_optimizer else None},
+                "schedulers": {"main": self.scheduler.state_dict()},
+                "scaler": self.scaler.state_dict(),
+                "history": self.history,
+            })
+        return payload
+
+    def _save_last(self, completed: int) -> None:
+        # Every rank's sampler and RNG state (identical content on one process).
+        samplers = dist_utils.all_gather_objects(self.loader.state_dict())
+        rngs = dist_utils.all_gather_objects(rng_state())
+        if not self.ctx.is_main:
+            return
+        payload = self._payload(completed, full=True)
+        payload["sampler"], payload["rng"] = samplers[0], rngs[0]
+        if self.ctx.distributed:
+            payload["sampler_ranks"], payload["rng_ranks"] = samplers, rngs
+        save_checkpoint(payload, self.last_path)
+        self._saved_epoch = completed
+
+    def _finish(self, resumed_from: int | None) -> TrainResult:
+        metrics = dict(self.last_metrics)
+        summary = {**metrics, "best_mAP": self.best_metric, "best_epoch": self.best_epoch,
+                   "epochs": self.config.train.epochs, "global_step": self.global_step}
+        if self.ctx.is_main:
+            _write_json(self.metrics_path, summary)
+        return TrainResult(
+            output_dir=self.out, last_checkpoint=self.last_path, best_checkpoint=self.best_path,
+            metrics_path=self.metrics_path, config_path=self.config_path, metrics=metrics,
+            best_metric=self.best_metric, best_epoch=self.best_epoch, epochs=max(self.start_epoch, self.config.train.epochs),
+            global_step=self.global_step, mlflow_run_id=self.tracker.run_id, resumed_from_epoch=resumed_from,
+            history=list(self.history),
+        )
+
+
+def _cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically: a reader (DVC, a test) never sees a half-written metrics file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+    tmp.write_text(json.dumps(clean, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _dataset_name(manifest: Any, config: Config) -> str:
+    root = getattr(manifest, "root", None) or config.data.root
+    return Path(str(root)).name or str(getattr(manifest, "format", config.data.format))
+
+
+def _globalise_batch_losses(objective: nn.Module) -> None:
+    """Let the objective's batch-hard triplet loss mine over the global batch of a distributed run.
+
+    The objective exposes the loss as its ``triplet`` attribute for this purpose; see
+    :class:`reid.engine.distributed.GlobalBatchLoss` for why the gradient is then exactly the
+    single-process one.
+    """
+    triplet = getattr(objective, "triplet", None)
+    if triplet is not None and not isinstance(triplet, dist_utils.GlobalBatchLoss):
+        objective.triplet = dist_utils.GlobalBatchLoss(triplet)
+
+
+def train(config: Config, manifest: Any = None, resume: bool = False, *, variant: str | None = None,
+          run_name: str | None = None, tracking_base: Path | None = None, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train the model ``config`` describes; see the module docstring for outputs, resume and failures.
+
+    ``manifest`` defaults to ``load_manifest(config.data.manifest)``. ``variant`` names the params
+    variant for the MLflow ``variant`` tag (``baseline`` when None). ``tracking_base`` anchors relative
+    tracking paths when ``DVC_ROOT`` is not set (default: the working directory). ``log`` receives
+    the informational lines (default: stderr); ``progress`` switches the per-epoch bar.
+    """
+    return _Trainer(config, manifest, resume, variant, run_name, tracking_base, progress, log).run()

@@ -1,0 +1,392 @@
+"""MLflow tracking of a training run: one object the trainer talks to, a no-op when tracking is off.
+
+Why a wrapper instead of calling ``mlflow.*`` in the trainer:
+
+* **Where runs go must not depend on the working directory.** A relative ``sqlite:///mlflow.db``
+  and a relative ``tracking.artifact_root`` are anchored at ``DVC_ROOT`` inside a DVC stage (the
+  main repository even under ``dvc exp run --temp``), else at ``base`` (the working directory by
+  default; ``reid train`` passes the folder of its params file, like ``reid ui``/``reid evaluate``).
+  Experiments are created with an absolute artifact location for the same reason.
+* **Fail before training, not after it.** :meth:`Tracker.check` tests the store (an ``http(s)`` URI
+  answers a short request; a sqlite file's folder is writable) and raises
+  :class:`~reid.errors.TrackingError` at once, instead of letting MLflow's HTTP retries stall a
+  run or an unwritable store lose three hours of metrics at the end.
+* **Every run ends with a truthful status.** Used as a context manager, the run ends FINISHED on
+  success, FAILED on an exception (with the error as the ``reid.error`` tag) and KILLED on Ctrl-C or
+  SIGTERM (:func:`sigterm_as_interrupt` turns SIGTERM into a :class:`Terminated` exception so the
+  same path runs). A SIGKILLed process cannot mark anything: its run stays RUNNING until
+  ``reid train --resume`` reopens the same run id (set back to RUNNING) and ends it properly.
+* **Logging never kills training.** After the run has started, a failed metric or artifact upload
+  is a warning (counted in :attr:`Tracker.failures`); losing a point of a curve is better than
+  losing the run. Opening the run and logging parameters do raise.
+* **Explicit run ids, no global state.** Everything goes through ``MlflowClient`` with this run's id,
+  so nothing here starts, ends or switches the process's active fluent run.
+
+Only rank 0 of a distributed run tracks (``rank != 0`` gives a disabled tracker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Iterator, Mapping
+
+from reid.config import Config, TrackingConfig
+from reid.errors import TrackingError
+
+# MLflow's sqlite store trips a sqlalchemy deprecation (``noload``) on every query.
+warnings.filterwarnings("ignore", message=r".*noload.*", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"sqlalchemy.*")
+
+SQLITE_PREFIX = "sqlite:///"
+PARAM_VALUE_MAX = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+TAG_VALUE_MAX = 5000
+BATCH = 100  # params/tags per log_batch call (MLflow's limit)
+CHECK_TIMEOUT_S = 5.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so the run is marked KILLED and checkpoints stay intact.
+
+    A subclass of ``KeyboardInterrupt`` so that ``except Exception`` blocks do not swallow it.
+    """
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While active, SIGTERM raises :class:`Terminated` (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def tracking_base() -> Path:
+    """Anchor of relative tracking paths: ``DVC_ROOT`` when set, else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
+def resolve_store_uri(uri: str, base: Path) -> str:
+    """A relative ``sqlite:///x.db`` (or a plain relative path) becomes absolute against ``base``."""
+    if uri.startswith(SQLITE_PREFIX):
+        path = uri[len(SQLITE_PREFIX):]
+        if path and path != ":memory:" and not path.startswith("/"):
+            return SQLITE_PREFIX + str((base / path).resolve())
+        return uri
+    if "://" not in uri and not uri.startswith("file:") and not Path(uri).is_absolute():
+        return str((base / uri).resolve())
+    return uri
+
+
+def resolve_artifact_root(root: Path, base: Path) -> Path:
+    return (root if root.is_absolute() else base / root).resolve()
+
+
+def check_store(uri: str, timeout: float = CHECK_TIMEOUT_S) -> None:
+    """Raise :class:`TrackingError` unless the store at ``uri`` looks reachable and writable.
+
+    http(s): one ``GET /health`` with a short timeout; any HTTP answer (even 401/404) proves a
+    server is there. sqlite/local paths: the folder can be created and written. Other schemes
+    (postgresql, databricks, ...) are left to the client, which reports its own errors.
+    """
+    hint = "Fix tracking.uri, start the server, or disable tracking with -o tracking.enabled=false."
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - the user's own server
+                pass
+        except urllib.error.HTTPError:
+            return  # the server answered
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(f"MLflow tracking server {uri} is not reachable ({reason}). {hint}") from None
+        return
+    if uri.startswith(SQLITE_PREFIX):
+        path = uri[len(SQLITE_PREFIX):]
+        if not path or path == ":memory:":
+            return
+        _check_writable(Path(path), f"MLflow database {path}", hint)
+        return
+    if uri.startswith("file:") or "://" not in uri:
+        folder = Path(uri.removeprefix("file://").removeprefix("file:"))
+        _check_writable(folder / "meta.yaml", f"MLflow file store {folder}", hint)
+
+
+def _check_writable(file: Path, what: str, hint: str) -> None:
+    folder = file.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrackingError(f"{what}: cannot create folder {folder} ({exc.strerror or exc}). {hint}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingError(f"{what}: folder {folder} is not writable. {hint}")
+    if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+        raise TrackingError(f"{what}: {file} is not readable and writable. {hint}")
+
+
+def git_commit(cwd: Path) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd``, or None outside a repository / without git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def kd_mode(config: Config) -> str:
+    """``none``, ``self``, ``offline`` or ``self+offline`` (the naming of ``reid compare``)."""
+    kd = config.kd
+    return "+".join(m for m, on in (("self", kd.self_distill), ("offline", kd.offline)) if on) or "none"
+
+
+def run_tags(config: Config, *, variant: str | None, dataset: str | None = None,
+             base: Path | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The tags every training run carries (dataset, backbone, kd mode, variant, git, DVC context).
+
+    ``variant`` is the name of the params.yaml variant, ``baseline`` for the base configuration:
+    ``reid compare`` finds a model's run by this tag.
+    """
+    tags: dict[str, Any] = {
+        "reid.command": "train",
+        "variant": variant or "baseline",
+        "backbone": config.model.backbone,
+        "kd_mode": kd_mode(config),
+        "dataset": dataset or Path(str(config.data.root)).name,
+        "dataset_format": config.data.format,
+    }
+    commit = git_commit(base or tracking_base())
+    if commit:
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    for env, tag in (("DVC_STAGE", "dvc_stage"), ("DVC_EXP_NAME", "dvc_exp"),
+                     ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    tags.update(extra or {})
+    return {k: str(v)[:TAG_VALUE_MAX] for k, v in tags.items() if v is not None}
+
+
+def param_value(value: Any) -> str:
+    """MLflow param values are strings of at most 6000 characters."""
+    text = str(value)
+    return text if len(text) <= PARAM_VALUE_MAX else text[: PARAM_VALUE_MAX - 3] + "..."
+
+
+def _experiment_folder(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
+
+
+class Tracker:
+    """One MLflow run of the trainer; every method is a no-op when tracking is disabled (or rank != 0).
+
+    Typical use::
+
+        tracker = Tracker(config.tracking, rank=rank)
+        tracker.check()                       # fail fast, before any training
+        with sigterm_as_interrupt(), tracker.start(run_id=resume_id, run_name=name, tags=tags):
+            tracker.log_params(config.flat())
+            ...
+    """
+
+    def __init__(self, tracking: TrackingConfig, *, rank: int = 0, base: Path | None = None) -> None:
+        self.tracking = tracking
+        self.enabled = bool(tracking.enabled) and rank == 0
+        base = Path(os.environ["DVC_ROOT"]) if os.environ.get("DVC_ROOT") else (base or Path.cwd())
+        self.uri = resolve_store_uri(tracking.uri, base)
+        self.artifact_root = resolve_artifact_root(Path(tracking.artifact_root), base)
+        self.run_id: str | None = None
+        self.resumed = False
+        self.failures = 0
+        self._client: Any = None
+
+    # -- opening ---------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise :class:`TrackingError` now if the store or the artifact folder cannot be used."""
+        if not self.enabled:
+            return
+        check_store(self.uri)
+        if "://" not in str(self.artifact_root):
+            _check_writable(self.artifact_root / ".probe", "MLflow artifact root", "Fix tracking.artifact_root.")
+
+    def _mlflow_client(self) -> Any:
+        if self._client is None:
+            _quiet_mlflow_loggers()
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        """Id of ``tracking.experiment``, created with an absolute artifact location when missing."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._mlflow_client()
+        name = self.tracking.experiment
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            location = (self.artifact_root / _experiment_folder(name)).as_uri()
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except MlflowException:
+                # Another process (a parallel DVC stage) created it in the meantime.
+                experiment = client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage == "deleted":
+            warnings.warn(f"MLflow experiment {name!r} was deleted; restoring it to log this run", stacklevel=2)
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def start(self, run_id: str | None = None, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None) -> "Tracker":
+        """Create a run, or reopen ``run_id`` (a resume) and set it back to RUNNING; returns self.
+
+        A ``run_id`` that this store does not know (the store moved, or was reset) starts a new run
+        tagged ``reid.resumed_from_run`` instead of failing the resume.
+        """
+        if not self.enabled:
+            return self
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client = self._mlflow_client()
+            experiment_id = self.experiment_id()
+            tags = dict(tags or {})
+            if run_id is not None:
+                try:
+                    client.get_run(run_id)
+                except MlflowException:
+                    warnings.warn(f"MLflow run {run_id} of the checkpoint is not in {self.uri}; starting a new run",
+                                  stacklevel=2)
+                    tags["reid.resumed_from_run"] = run_id
+                    run_id = None
+            if run_id is None:
+                from mlflow.tracking.context.registry import resolve_tags
+
+                run = client.create_run(experiment_id, run_name=run_name or self.tracking.run_name,
+                                        tags=resolve_tags(tags))
+                self.run_id = run.info.run_id
+            else:
+                client.update_run(run_id, status="RUNNING")
+                self.run_id = run_id
+                self.resumed = True
+                self.set_tags(tags, strict=True)
+        except MlflowException as exc:
+            raise TrackingError(f"cannot open an MLflow run in {self.uri}: {exc}. "
+                                "Disable tracking with -o tracking.enabled=false") from exc
+        return self
+
+    # -- logging ---------------------------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log every parameter (stringified, batched). On a resumed run, a value that changed since
+        (e.g. ``train.epochs``) cannot be overwritten (MLflow params are immutable), so it is recorded
+        as a ``reid.resume.changed.<key>`` tag ``old -> new`` instead."""
+        if not self._active():
+            return
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        values = {k: param_value(v) for k, v in params.items()}
+        try:
+            if self.resumed:
+                existing = self._client.get_run(self.run_id).data.params
+                changed = {k: v for k, v in values.items() if k in existing and existing[k] != v}
+                self.set_tags({f"reid.resume.changed.{k}": f"{existing[k]} -> {v}" for k, v in changed.items()},
+                              strict=True)
+                values = {k: v for k, v in values.items() if k not in existing}
+            items = [Param(k, v) for k, v in sorted(values.items())]
+            for i in range(0, len(items), BATCH):
+                self._client.log_batch(self.run_id, params=items[i:i + BATCH])
+        except MlflowException as exc:
+            raise TrackingError(f"cannot log parameters to MLflow run {self.run_id}: {exc}") from exc
+
+    def set_tags(self, tags: Mapping[str, Any], strict: bool = False) -> None:
+        if not self._active() or not tags:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:TAG_VALUE_MAX]) for k, v in tags.items()]
+        for i in range(0, len(items), BATCH):
+            self._guard("tags", lambda: self._client.log_batch(self.run_id, tags=items[i:i + BATCH]), strict)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics at ``step`` in one call; a failure is a warning, never fatal."""
+        if not self._active() or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
+        self._guard("metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        """Upload one file to the run's artifacts (under ``artifact_path``); warns on failure."""
+        if not self._active():
+            return
+        self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+
+    # -- closing ---------------------------------------------------------------------------------
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning)."""
+        if not self._active():
+            return
+        self._guard(f"status {status}", lambda: self._client.set_terminated(self.run_id, status))
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.set_tags({"reid.error": f"interrupted: {exc}" if str(exc) else "interrupted"})
+            self.end("KILLED")
+        else:
+            self.set_tags({"reid.error": f"{exc_type.__name__}: {exc}"})
+            self.end("FAILED")
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _active(self) -> bool:
+        return self.enabled and self.run_id is not None
+
+    def _guard(self, what: str, action: Any, strict: bool = False) -> None:
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - tracking must not end a training run
+            if strict:
+                raise TrackingError(f"MLflow run {self.run_id}: could not log {what}: {exc}") from exc
+            self.failures += 1
+            warnings.warn(f"MLflow: could not log {what} to run {self.run_id}: {exc}", stacklevel=3)
+
+    @property
+    def run_url_hint(self) -> str:
+        """How to look at the run (printed by ``reid train``)."""
+        return f"run {self.run_id} in {self.uri} (experiment {self.tracking.experiment!r})"
+
+
+def _quiet_mlflow_loggers() -> None:
+    """Alembic prints a dozen INFO lines when MLflow creates or migrates a sqlite store."""
+    import logging
+
+    for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,174 @@
+"""MLflow tracking: store resolution and checks, run lifecycle and statuses, and a tracked training run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from reid.config import Config, TrackingConfig
+from reid.errors import TrackingError
+from reid.tracking.mlflow_tracker import (
+    Terminated,
+    Tracker,
+    check_store,
+    git_commit,
+    resolve_store_uri,
+    run_tags,
+    sigterm_as_interrupt,
+)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client_for(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def tracking(tmp_path: Path, **kw) -> TrackingConfig:
+    return TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "mlruns",
+                          experiment="unit", **kw)
+
+
+def test_relative_store_and_artifacts_are_anchored_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
+    t = Tracker(TrackingConfig(uri="sqlite:///mlflow.db", artifact_root=Path("mlruns")), base=tmp_path / "elsewhere")
+    assert t.uri == f"sqlite:///{(tmp_path / 'repo' / 'mlflow.db').resolve()}"
+    assert t.artifact_root == (tmp_path / "repo" / "mlruns").resolve()
+    monkeypatch.delenv("DVC_ROOT")
+    t = Tracker(TrackingConfig(uri="sqlite:///mlflow.db"), base=tmp_path)
+    assert t.uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    assert resolve_store_uri("http://host:5000", tmp_path) == "http://host:5000"
+    assert resolve_store_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+
+
+def test_unreachable_http_store_and_unwritable_sqlite_folder_are_clear_errors(tmp_path: Path) -> None:
+    port = closed_port()
+    with pytest.raises(TrackingError, match=rf"127\.0\.0\.1:{port} is not reachable.*tracking.enabled=false"):
+        check_store(f"http://127.0.0.1:{port}", timeout=2)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(TrackingError, match="cannot create folder"):
+        check_store(f"sqlite:///{blocker / 'sub' / 'mlflow.db'}")
+    check_store(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}")  # a creatable folder is fine
+
+
+def test_disabled_or_non_zero_rank_tracker_does_nothing(tmp_path: Path) -> None:
+    for t in (Tracker(tracking(tmp_path, enabled=False)), Tracker(tracking(tmp_path), rank=1)):
+        t.check()
+        with t.start(run_name="x"):
+            t.log_params({"a": 1})
+            t.log_metrics({"m": 1.0}, step=1)
+        assert t.run_id is None
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_run_lifecycle_params_tags_and_statuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
+    monkeypatch.setenv("DVC_STAGE", "train_kd@sd_003")
+    config = Config()
+    flat = {**config.flat(), **{f"extra.p{i}": i for i in range(30)}}
+    assert len(flat) > 100  # more than one log_batch of params
+    t = Tracker(tracking(tmp_path))
+    t.check()
+    tags = run_tags(config, variant="sd_003", dataset="Market-1501", base=tmp_path)
+    with t.start(run_name="first", tags=tags):
+        t.log_params({**flat, "long": "x" * 7000})
+        t.log_metrics({"train/loss": 1.5}, step=1)
+        t.log_metrics({"train/loss": 1.0}, step=2)
+    client = client_for(tmp_path)
+    run = client.get_run(t.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.milestones"] == "[40, 70]"
+    assert run.data.params["kd.feature_loss_coefficient"] == "0.03"
+    assert len(run.data.params["long"]) == 6000
+    assert set(flat) <= set(run.data.params)
+    assert run.data.tags["variant"] == "sd_003" and run.data.tags["backbone"] == "resnet50"
+    assert run.data.tags["dvc_exp"] == "exp-1" and run.data.tags["dvc_stage"] == "train_kd@sd_003"
+    assert run.data.tags["kd_mode"] == "none" and run.data.tags["dataset"] == "Market-1501"
+    assert [m.value for m in client.get_metric_history(t.run_id, "train/loss")] == [1.5, 1.0]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert Path(experiment.artifact_location.removeprefix("file://")).is_absolute()
+
+    # Resume: the same run goes back to RUNNING and ends FINISHED again; a changed param becomes a tag.
+    resumed = Tracker(tracking(tmp_path))
+    with resumed.start(run_id=t.run_id):
+        assert client.get_run(t.run_id).info.status == "RUNNING"
+        resumed.log_params({**flat, "train.epochs": 200})
+    assert resumed.run_id == t.run_id and resumed.resumed
+    run = client.get_run(t.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "120"
+    assert run.data.tags["reid.resume.changed.train.epochs"] == "120 -> 200"
+
+    failed = Tracker(tracking(tmp_path))
+    with pytest.raises(ValueError), failed.start(run_name="boom"):
+        raise ValueError("broken batch")
+    run = client.get_run(failed.run_id)
+    assert run.info.status == "FAILED" and "broken batch" in run.data.tags["reid.error"]
+
+    killed = Tracker(tracking(tmp_path))
+    with pytest.raises(Terminated), sigterm_as_interrupt(), killed.start(run_name="term"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert client.get_run(killed.run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+def test_resume_of_an_unknown_run_starts_a_new_one(tmp_path: Path) -> None:
+    t = Tracker(tracking(tmp_path))
+    with pytest.warns(UserWarning, match="not in"), t.start(run_id="0" * 32):
+        pass
+    run = client_for(tmp_path).get_run(t.run_id)
+    assert t.run_id != "0" * 32 and run.data.tags["reid.resumed_from_run"] == "0" * 32
+
+
+def test_git_commit_outside_a_repository_is_none(tmp_path: Path) -> None:
+    assert git_commit(tmp_path) is None
+    commit = git_commit(Path(__file__).resolve().parent)
+    assert commit is None or len(commit) == 40
+
+
+@pytest.mark.slow
+def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path: Path) -> None:
+    from reid.engine.trainer import train
+
+    result = train(tiny_config, synthetic_manifest, variant="tiny_variant", progress=False)
+    client = client_for(tmp_path)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["data.ids_per_batch"] == "4"
+    assert set(tiny_config.flat()) <= set(run.data.params)
+    tags = run.data.tags
+    assert tags["variant"] == "tiny_variant" and tags["backbone"] == "resnet18" and tags["kd_mode"] == "none"
+    assert tags["dataset"] and tags["num_classes"] == str(synthetic_manifest.num_classes)
+
+    metrics = run.data.metrics
+    loss_terms = [k for k in metrics if k.startswith("train/loss_")]
+    assert loss_terms, sorted(metrics)  # each named loss term separately
+    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "mAP", "rank1", "mINP", "train_step/loss"):
+        assert key in metrics, (key, sorted(metrics))
+    epochs = tiny_config.train.epochs
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, epochs + 1))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "mAP")] == list(range(1, epochs + 1))
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_step/loss")]
+    assert steps == list(range(1, epochs * tiny_config.train.max_steps_per_epoch + 1))  # log_every_steps=1
+    assert metrics["mAP"] == pytest.approx(result.metrics["mAP"])
+
+    artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts, artifacts
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    local = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path / "dl")))
+    from reid.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(local)  # a weights-only state dict file, not a pickled MLflow model
+    assert state["mlflow_run_id"] == run.info.run_id and "optimizers" not in state

@@ -1,0 +1,151 @@
+"""The training engine: device/AMP policy, progress output, outputs of a run, learning, freezing."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reid.engine.device import amp_policy, epoch_seed, resolve_device, rng_state, seed_everything, set_rng_state
+from reid.engine.progress import EpochProgress
+from reid.errors import ReidError
+
+
+# -- device, AMP, RNG --------------------------------------------------------------------------------
+def test_device_and_amp_policy_on_this_machine() -> None:
+    device = resolve_device("auto")
+    assert device.type == ("cuda" if torch.cuda.is_available() else device.type)
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ReidError, match="CUDA is not available"):
+            resolve_device("cuda")
+    cpu = torch.device("cpu")
+    assert amp_policy("auto", cpu).dtype is None and not amp_policy("auto", cpu).use_scaler
+    assert amp_policy("bf16", cpu).dtype == torch.bfloat16 and not amp_policy("bf16", cpu).use_scaler
+    assert amp_policy("fp16", cpu).use_scaler and amp_policy("off", cpu).name == "off"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_amp_on_cuda_is_bf16_when_supported() -> None:  # pragma: no cover - GPU machines
+    policy = amp_policy("auto", torch.device("cuda"))
+    assert policy.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from reid.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    seed_everything(5)
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), float(np.random.rand()), torch.rand(1).item())
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
+    assert epoch_seed(0, 1) != epoch_seed(1, 0) and epoch_seed(0, 1) == epoch_seed(0, 1)
+
+
+# -- progress ----------------------------------------------------------------------------------------
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_on_a_terminal_and_writes_one_line_elsewhere() -> None:
+    stats = {"loss": 2.5, "acc": 0.25, "lr": 3.5e-4, "img/s": 812.4}
+    tty = Tty()
+    bar = EpochProgress(3, 120, 4, stream=tty, min_interval=0.0)
+    for step in range(1, 5):
+        bar.update(step, stats)
+    bar.close(4, stats)
+    assert tty.getvalue().count("\r") >= 4
+    plain = io.StringIO()
+    bar = EpochProgress(3, 120, 4, stream=plain)
+    for step in range(1, 5):
+        bar.update(step, stats)
+    line = bar.close(4, stats)
+    assert plain.getvalue() == line + "\n"
+    assert line.startswith("epoch 3/120 [########################] 4/4")
+    for part in ("loss 2.5000", "acc 0.250", "lr 3.50e-04", "812 img/s"):
+        assert part in line
+
+
+# -- training ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_run_writes_checkpoints_metrics_config_and_progress(tiny_config, synthetic_manifest, capfd) -> None:
+    from reid.config import load_config
+    from reid.engine.checkpoint import load_checkpoint
+    from reid.engine.trainer import train
+
+    result = train(tiny_config, synthetic_manifest)
+    out = Path(tiny_config.train.output_dir)
+    err = capfd.readouterr().err
+    assert "epoch 1/2 [" in err and "epoch 2/2 [" in err and "img/s" in err and "lr " in err
+
+    assert result.epochs == 2 and result.global_step == 6
+    last = load_checkpoint(out / "last.pt")
+    for key in ("config", "num_classes", "epoch", "global_step", "model", "objective", "optimizers", "schedulers",
+                "sampler", "rng", "mlflow_run_id", "best_metric", "metrics"):
+        assert key in last, key
+    assert last["epoch"] == 2 and last["num_classes"] == synthetic_manifest.num_classes
+    assert last["schedulers"]["main"]["last_epoch"] == 2
+    best = load_checkpoint(out / "best.pt")
+    assert "optimizers" not in best and best["best_metric"] == result.best_metric
+    assert best["epoch"] == result.best_epoch
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mAP"] == pytest.approx(result.metrics["mAP"]) and 0 <= metrics["mAP"] <= 1
+    assert metrics["best_mAP"] == pytest.approx(result.best_metric) and metrics["best_epoch"] == result.best_epoch
+    assert result.best_metric == max(h["mAP"] for h in result.history) and len(result.history) == 2
+    assert load_config(out / "config.yaml") == tiny_config
+
+
+@pytest.mark.slow
+def test_training_beats_the_untrained_model(tiny_config, synthetic_manifest) -> None:
+    from reid.engine.device import seed_everything as seed
+    from reid.engine.trainer import train
+    from reid.evaluation.runner import evaluate_model
+    from reid.models.reid_model import build_model
+
+    tiny_config.train.epochs = 8
+    tiny_config.train.max_steps_per_epoch = None  # full epochs (8 batches of 4 ids x 4 images)
+    tiny_config.train.eval_every = 8
+    tiny_config.optim.milestones = [6]
+    tiny_config.optim.lr = 1e-3
+    tiny_config.tracking.enabled = False
+    seed(tiny_config.train.seed)
+    untrained = evaluate_model(build_model(tiny_config, synthetic_manifest.num_classes), synthetic_manifest,
+                               tiny_config, "cpu").mAP
+    result = train(tiny_config, synthetic_manifest, progress=False)
+    assert result.metrics["mAP"] > untrained + 0.15, (untrained, result.metrics["mAP"])
+
+
+@pytest.mark.slow
+def test_backbone_is_frozen_for_the_first_epochs(tiny_config, synthetic_manifest) -> None:
+    from reid.engine.checkpoint import load_checkpoint
+    from reid.engine.device import seed_everything as seed
+    from reid.engine.trainer import train
+    from reid.models.reid_model import build_model
+
+    tiny_config.model.freeze_backbone_epochs = 1
+    tiny_config.train.epochs = 1
+    tiny_config.tracking.enabled = False
+    seed(tiny_config.train.seed)
+    initial = build_model(tiny_config, synthetic_manifest.num_classes).state_dict()
+    train(tiny_config, synthetic_manifest, progress=False)
+    trained = load_checkpoint(Path(tiny_config.train.output_dir) / "last.pt")["model"]
+    conv = [k for k in initial if "conv" in k and k.endswith("weight")]
+    assert conv and all(torch.equal(initial[k], trained[k]) for k in conv)
+    heads = [k for k in initial if initial[k].is_floating_point() and k not in conv and "backbone" not in k
+             and not torch.equal(initial[k], trained[k])]
+    assert heads, "nothing outside the backbone trained"
+
+    # One more epoch with --resume: the backbone is unfrozen and learns.
+    tiny_config.train.epochs = 2
+    train(tiny_config, synthetic_manifest, resume=True, progress=False)
+    resumed = load_checkpoint(Path(tiny_config.train.output_dir) / "last.pt")["model"]
+    assert any(not torch.equal(initial[k], resumed[k]) for k in conv)
