@@ -13,8 +13,8 @@ Where each setting comes from, and why:
 Writes ``metrics.json`` (fractions in [0, 1]), ``cmc.csv``/``cmc.png`` and ``ranked_lists.png`` to
 ``--output`` (default ``pipeline/eval/<name>``), and, when ``tracking.enabled``, logs the metrics as
 ``eval/*`` into the MLflow run that trained the checkpoint (see :func:`log_evaluation_run`; relative
-tracking paths are anchored like the trainer's: ``DVC_ROOT`` inside a DVC stage, else the working
-directory).
+tracking paths are anchored like the trainer's: ``DVC_ROOT`` inside a DVC stage, else the folder of
+the params file, else the working directory).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 
 
 def log_evaluation_run(
-    config: "Config", name: str, trained_by: str | None, checkpoint: Path, result: Any, artifacts: list[Path]
+    config: "Config", name: str, trained_by: str | None, checkpoint: Path, result: Any, artifacts: list[Path],
+    base: Path | None = None,
 ) -> tuple[str | None, bool]:
     """Record the evaluation in MLflow; returns ``(run id, whether it is the training run)``.
 
@@ -99,7 +100,7 @@ def log_evaluation_run(
     from reid.evaluation.runner import log_to_mlflow
     from reid.tracking import Tracker
 
-    tracker = Tracker(config.tracking)
+    tracker = Tracker(config.tracking, base=base)
     tracker.check()
     flags = {"eval/flip": str(bool(config.eval.flip)).lower(), "eval/checkpoint": str(checkpoint.resolve())}
     if trained_by:
@@ -168,10 +169,14 @@ def command(
         for note in notes:
             typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
 
+        # Relative tracking paths are anchored like `reid train` and `reid ui` anchor them.
+        from reid.commands.ui import project_base
+
+        base = project_base(params_path) if params_path is not None else None
         if config.tracking.enabled:  # fail before a long evaluation, not after it
             from reid.tracking import Tracker
 
-            Tracker(config.tracking).check()
+            Tracker(config.tracking, base=base).check()
 
         name = model_name(checkpoint, variant)
         out_dir = output if output is not None else Path("pipeline/eval") / name
@@ -188,6 +193,7 @@ def command(
 
         if config.tracking.enabled:
             trained_by = mlflow_run_id or checkpoint_run_id(checkpoint)
-            run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result, list(paths.values()))
+            run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result, list(paths.values()),
+                                                          base=base)
             where = "the run that trained it" if is_training_run else f"a new run evaluate-{name}"
             typer.echo(f"MLflow: eval/* metrics logged to {where} ({run_id})")
