@@ -134,3 +134,22 @@ def test_step_stats_record_the_first_bad_step_without_syncing_each_step() -> Non
     report = stats.nonfinite_report()
     assert report["first_bad"] == 3 and math.isinf(report["bad"]["loss_id"])
     assert report["last_finite_step"] == 2 and report["last_finite"] == {"loss": 2.5, "loss_id": 2.0, "loss_triplet": 0.5}
+
+
+@pytest.mark.slow
+def test_a_run_left_running_by_sigkill_is_closed_when_a_new_run_replaces_it(tiny_config, synthetic_manifest) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from reid.engine.trainer import train
+
+    tiny_config.train.epochs = 1
+    first = train(tiny_config, synthetic_manifest, progress=False)
+    client = MlflowClient(tracking_uri=tiny_config.tracking.uri)
+    # What a SIGKILL leaves behind: the checkpoint of the last epoch and a run nobody closed.
+    client.update_run(first.mlflow_run_id, status="RUNNING")
+    with pytest.warns(UserWarning, match="will be overwritten"):
+        second = train(tiny_config, synthetic_manifest, progress=False)  # a new run, not a resume
+    assert second.mlflow_run_id != first.mlflow_run_id
+    old = client.get_run(first.mlflow_run_id)
+    assert old.info.status == "KILLED" and "abandoned" in old.data.tags["reid.error"]
+    assert client.get_run(second.mlflow_run_id).info.status == "FINISHED"

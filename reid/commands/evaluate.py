@@ -66,13 +66,9 @@ def resolve_config(
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
     """The MLflow run that trained the checkpoint (key ``mlflow_run_id``), read without loading weights."""
-    import torch
+    from reid.engine.checkpoint import read_entry
 
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - the model loader reports unreadable checkpoints properly
-        return None
-    run_id = state.get("mlflow_run_id") if isinstance(state, dict) else None
+    run_id = read_entry(checkpoint, "mlflow_run_id")
     return str(run_id) if run_id else None
 
 

@@ -70,3 +70,17 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             "for plain backbone weights use model.pretrained=file with model.pretrained_path"
         )
     return state
+
+
+def read_entry(path: Path | str, key: str) -> Any:
+    """One small entry of a checkpoint (e.g. ``mlflow_run_id``) without reading its tensors.
+
+    Memory-maps the file, so asking a multi-GB checkpoint for its run id is instant. Returns None
+    when the file is missing, unreadable or lacks the key: callers use it for bookkeeping, and the
+    real loaders report broken files properly.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    return state.get(key) if isinstance(state, dict) else None

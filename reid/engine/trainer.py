@@ -59,7 +59,7 @@ from torch import nn
 
 from reid.config import Config, dump_config, flatten
 from reid.engine import distributed as dist_utils
-from reid.engine.checkpoint import load_checkpoint, save_checkpoint
+from reid.engine.checkpoint import load_checkpoint, read_entry, save_checkpoint
 from reid.engine.device import (
     AmpPolicy,
     amp_policy,
@@ -313,6 +313,12 @@ class _Trainer:
         state = self._resume_state()
         tracker = Tracker(cfg.tracking, rank=ctx.rank, base=self.tracking_base)
         tracker.check()  # an unusable tracking store fails here, before any data is read
+        if state is None and self.last_path.is_file() and ctx.is_main:
+            # The run whose last.pt this new run replaces will never be resumed: close it if it was
+            # left RUNNING by a process that could not close it (SIGKILL).
+            abandoned = read_entry(self.last_path, "mlflow_run_id")
+            if tracker.close_abandoned(abandoned):
+                self.say(f"MLflow run {abandoned} of the replaced {self.last_path} was left RUNNING; marked KILLED")
 
         manifest = self.manifest_arg
         if manifest is None:

@@ -351,6 +351,28 @@ class Tracker:
             return
         self._guard(f"status {status}", lambda: self._client.set_terminated(self.run_id, status))
 
+    def close_abandoned(self, run_id: str | None) -> bool:
+        """Mark ``run_id`` KILLED if it is still RUNNING; True when it was.
+
+        A process killed with SIGKILL (or by the OOM killer, or a power cut) cannot close its run, so
+        MLflow would show it RUNNING forever. The trainer calls this with the run recorded in the
+        ``last.pt`` that a new, non-resumed run is about to replace: nobody will continue that run.
+        """
+        if not self.enabled or not run_id:
+            return False
+        from mlflow.exceptions import MlflowException
+
+        client = self._mlflow_client()
+        try:
+            if client.get_run(run_id).info.status != "RUNNING":
+                return False
+            client.set_tag(run_id, "reid.error", "abandoned: its process ended without closing the run "
+                           "(SIGKILL or a crash), and a new run replaced its checkpoint")
+            client.set_terminated(run_id, "KILLED")
+        except MlflowException:
+            return False  # a run of another store, or already gone
+        return True
+
     def __enter__(self) -> "Tracker":
         return self
 
