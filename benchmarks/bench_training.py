@@ -1,0 +1,329 @@
+"""Benchmark of the training step: steady-state images per second of the real objective, per backbone.
+
+For every backbone of ``--backbones`` the script builds what the trainer builds for the recipe
+defaults of :class:`reid.config.Config` (last stride 1, BN-neck, label-smoothed ID loss + batch-hard
+triplet loss, Adam; 751 classes like Market-1501; random weights: the cost does not depend on them)
+and times exactly the trainer's step (:meth:`reid.engine.trainer._Trainer._step`): ``zero_grad``,
+forward under the AMP policy's autocast, losses summed in float32, ``scaler.scale(total).backward()``,
+``scaler.step``, ``scaler.update``. Model and input are ``channels_last`` on CUDA when
+``model.channels_last`` (the default), as in the trainer; ``--compile`` wraps the objective in
+``torch.compile`` as ``train.compile`` does.
+
+The input is a random P x K batch (default 16 x 4 = 64 images of 256 x 128) already on the device, so
+the number is the model's training throughput with no input pipeline. ``--with-augment`` adds the
+GPU-resident input pipeline inside the timed step: a ``TrainLoader`` over an ``ImageStore`` of random
+uint8 images at the input size on the device (``PKSampler`` indices, one ``index_select``, the batch
+augmentation of :class:`reid.data.transforms.TrainAugment`), i.e. the whole step of a ``gpu``-pipeline
+training run.
+
+Timing: ``--warmup`` steps (default 3, 10 with ``--compile``: compilation and cuDNN autotuning happen
+there), then ``--steps`` timed steps; the device is synchronised only at the two ends of the timed
+window, so the host never waits inside it, as in training. ``--repeats N`` times N such windows and
+reports the fastest (all are recorded): on a shared machine other jobs only ever slow a window down.
+Reported per backbone: images/s, ms per step, seconds per Market-1501 epoch (12,936 // batch full
+P x K steps), minutes for 120 epochs (the recipe), peak GPU memory in GiB
+(``torch.cuda.max_memory_allocated``; None elsewhere), AMP mode and channels_last. The same script
+runs unchanged on a CUDA machine; nothing is hard-coded to a device.
+
+Usage:
+    .venv/bin/python benchmarks/bench_training.py --device cuda --amp bf16                # 256x128, all backbones
+    .venv/bin/python benchmarks/bench_training.py --device cuda --amp bf16 --compile --with-augment
+    .venv/bin/python benchmarks/bench_training.py --device cpu --threads 2 --height 128 --width 64 --steps 3 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+MARKET_TRAIN = 12_936
+MARKET_IDS = 751
+DEFAULT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a", "resnet101_ibn_a")
+
+from reid.config import Config, validate  # noqa: E402
+from reid.engine.device import amp_policy, configure_backends, resolve_device, seed_everything  # noqa: E402
+from reid.engine.objective import build_objective  # noqa: E402
+from reid.engine.optim import build_optimizer, exclude  # noqa: E402
+from reid.models.reid_model import build_model  # noqa: E402
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    import numpy as np
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+        "platform": platform.platform(), "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_memory_gb": round(props.total_memory / 2**30, 1),
+                     "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
+                     "cudnn": torch.backends.cudnn.version()})
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def config_for(args: argparse.Namespace, backbone: str) -> Config:
+    """The recipe defaults with the benchmark's backbone, batch, input size and numerics."""
+    return validate({
+        "data": {"height": args.height, "width": args.width, "ids_per_batch": args.batch_p,
+                 "instances_per_id": args.batch_k},
+        "model": {"backbone": backbone, "pretrained": "none", "channels_last": args.channels_last is not False},
+        "train": {"amp": args.amp, "compile": args.compile, "seed": 0},
+    }, "benchmark config")
+
+
+def synthetic_batches(cfg: Config, device: torch.device,
+                      channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One random normalised P x K batch on the device, yielded forever (no input pipeline)."""
+    p, k = cfg.data.ids_per_batch, cfg.data.instances_per_id
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(p * k, 3, cfg.data.height, cfg.data.width, generator=g).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    ids = torch.randperm(MARKET_IDS, generator=g)[:p]
+    labels = ids.repeat_interleave(k).to(device)
+    while True:
+        yield images, labels
+
+
+def augmented_batches(cfg: Config, device: torch.device, channels_last: bool,
+                      store_images: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``gpu`` input pipeline: a ``TrainLoader`` over a device-resident uint8 store, epoch after epoch."""
+    from reid.data.image_store import ImageStore
+    from reid.data.loaders import TrainLoader
+    from reid.data.sampler import PKSampler
+    from reid.data.transforms import TrainAugment
+
+    p, k = cfg.data.ids_per_batch, cfg.data.instances_per_id
+    num_ids = max(p, round(store_images * MARKET_IDS / MARKET_TRAIN))  # Market's density: ~17 images per id
+    labels = [i % num_ids for i in range(store_images)]
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (store_images, 3, cfg.data.height, cfg.data.width), dtype=torch.uint8, generator=g)
+    store = ImageStore(pixels, torch.tensor(labels), list(range(store_images))).to(device)
+    loader = TrainLoader(sampler=PKSampler(labels, p, k, seed=0), augment=TrainAugment(cfg.data), device=device,
+                         seed=0, num_classes=num_ids, pipeline="gpu", max_steps=None, channels_last=channels_last,
+                         store=store)
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device) -> dict[str, Any]:
+    cfg = config_for(args, backbone)
+    seed_everything(0)
+    amp = amp_policy(cfg.train.amp, device)
+    channels_last = cfg.model.channels_last and (device.type == "cuda" or args.channels_last is True)
+    model = build_model(cfg, MARKET_IDS).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    objective = build_objective(cfg, model, MARKET_IDS, device).to(device)
+    objective.train()
+    centers = list(objective.center_parameters())
+    optimizer = build_optimizer(cfg.optim, exclude(objective.trainable_parameters(), centers), device)
+    scaler = amp.grad_scaler(device)
+    step_module: Any = torch.compile(objective) if cfg.train.compile else objective
+    batch = cfg.data.batch_size
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+
+    if args.with_augment:
+        batches = augmented_batches(cfg, device, channels_last, args.store_images)
+    else:
+        batches = synthetic_batches(cfg, device, channels_last)
+
+    def step() -> torch.Tensor:
+        images, labels = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        with amp.autocast(device):
+            losses, _ = step_module(images, labels)
+        total = sum(loss.float() for loss in losses.values())
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return total.detach()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup = args.warmup if args.warmup is not None else (10 if args.compile else 3)
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    warmup_s = time.perf_counter() - started
+
+    windows = []
+    total = None
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            total = step()
+        sync(device)
+        windows.append(time.perf_counter() - start)
+    seconds = min(windows)  # the window least disturbed by other work on the machine
+
+    loss = float(total) if total is not None else float("nan")
+    s_per_step = seconds / args.steps
+    epoch_steps = MARKET_TRAIN // batch
+    epoch_s = epoch_steps * s_per_step
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {
+        "backbone": backbone,
+        "params_m": round(params_m, 2),
+        "batch": batch,
+        "input": f"{cfg.data.height}x{cfg.data.width}",
+        "amp": amp.name,
+        "channels_last": channels_last,
+        "compile": bool(cfg.train.compile),
+        "with_augment": bool(args.with_augment),
+        "warmup_steps": warmup,
+        "warmup_s": round(warmup_s, 3),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "window_seconds": [round(w, 4) for w in windows],
+        "seconds": round(seconds, 4),
+        "images_per_s": round(batch * args.steps / seconds, 2),
+        "ms_per_step": round(1000 * s_per_step, 2),
+        "market_epoch_steps": epoch_steps,
+        "market_epoch_s": round(epoch_s, 1),
+        "epochs": cfg.train.epochs,
+        "projected_minutes": round(epoch_s * cfg.train.epochs / 60, 1),
+        "peak_memory_gb": None if peak is None else round(peak, 2),
+        "last_loss": loss if math.isfinite(loss) else None,
+    }
+
+
+def release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if hasattr(torch, "_dynamo"):
+        torch._dynamo.reset()
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    head = ["backbone", "img/s", "ms/step", "s/epoch", "min/120ep", "peak GB", "amp", "ch_last", "compile", "augment"]
+    lines = [head]
+    for r in rows:
+        if "error" in r:
+            lines.append([r["backbone"], "error: " + r["error"][:60]] + [""] * (len(head) - 2))
+            continue
+        peak = "-" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f}"
+        lines.append([r["backbone"], f"{r['images_per_s']:.1f}", f"{r['ms_per_step']:.1f}",
+                      f"{r['market_epoch_s']:.1f}", f"{r['projected_minutes']:.1f}", peak, r["amp"],
+                      str(r["channels_last"]), str(r["compile"]), str(r["with_augment"])])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", nargs="+", default=list(DEFAULT_BACKBONES))
+    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                        help="as train.amp: auto = bf16 (or fp16) on CUDA, off elsewhere")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the objective (as train.compile)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: on CUDA only, as the trainer (model.channels_last)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed windows of --steps steps; the fastest is reported, all are recorded")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3, 10 with --compile)")
+    parser.add_argument("--batch-p", type=int, default=16, help="P: identities per batch")
+    parser.add_argument("--batch-k", type=int, default=4, help="K: images per identity")
+    parser.add_argument("--height", type=int, default=256)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--with-augment", action="store_true",
+                        help="include the gpu input pipeline (store index_select + TrainAugment) in the step")
+    parser.add_argument("--store-images", type=int, default=2048, help="images of the store for --with-augment")
+    parser.add_argument("--output", default=None,
+                        help="JSON path (default benchmarks/results/training_<device type>_<date>.json)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error("--steps and --repeats must be >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        parser.error("--warmup must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write the JSON; returns the report."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    configure_backends(device, deterministic=False)
+    script = sys.argv[0] if argv is None else str(Path(__file__).relative_to(REPO))
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    report: dict[str, Any] = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, script, *argv_list]),
+        "torch": torch.__version__,
+        "device": str(device),
+        "machine": machine(device),
+        "settings": {
+            "batch": f"P={args.batch_p} x K={args.batch_k}", "input": f"{args.height}x{args.width}",
+            "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
+            "with_augment": args.with_augment, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
+            "num_classes": MARKET_IDS, "market_train_images": MARKET_TRAIN,
+            "recipe": "ID (label smoothing 0.1) + batch-hard triplet (margin 0.3), BN-neck, last stride 1, Adam 3.5e-4",
+        },
+        "results": [],
+    }
+    for backbone in args.backbones:
+        print(f"[{backbone}] {args.batch_p}x{args.batch_k} at {args.height}x{args.width} on {device} ...", flush=True)
+        try:
+            result = bench_backbone(args, backbone, device)
+        except torch.cuda.OutOfMemoryError as exc:
+            result = {"backbone": backbone, "error": f"out of memory: {str(exc).splitlines()[0]}"}
+        report["results"].append(result)
+        print(f"[{backbone}] {json.dumps(result)}", flush=True)
+        release(device)
+
+    if args.output:
+        path = Path(args.output)
+    else:
+        path = REPO / "benchmarks" / "results" / f"training_{device.type}_{dt.date.today().isoformat()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print()
+    print(table(report["results"]))
+    print(f"wrote {path}")
+    report["output"] = str(path)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The training-throughput benchmark runs end to end (CPU, resnet18, tiny settings) and writes its JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_training.py"
+# One thread: with two on a 2-core machine shared with other jobs, OpenMP threads wait for each other
+# and a tiny step takes seconds instead of ~0.1 s.
+TINY = ["--device", "cpu", "--threads", "1", "--backbones", "resnet18", "--height", "32", "--width", "16",
+        "--batch-p", "4", "--batch-k", "2", "--warmup", "1", "--steps", "1"]
+RESULT_KEYS = {
+    "backbone", "batch", "input", "amp", "channels_last", "compile", "with_augment", "warmup_steps", "steps",
+    "seconds", "images_per_s", "ms_per_step", "market_epoch_steps", "market_epoch_s", "projected_minutes",
+    "peak_memory_gb", "last_loss",
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_training", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_training_writes_json(bench, tmp_path: Path) -> None:
+    out = tmp_path / "training.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main([*TINY, "--output", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+
+    report = json.loads(out.read_text())
+    assert {"date", "command", "torch", "device", "machine", "settings", "results"} <= set(report)
+    assert report["device"] == "cpu" and "--backbones resnet18" in report["command"]
+    (row,) = report["results"]
+    assert RESULT_KEYS <= set(row)
+    assert row["backbone"] == "resnet18" and row["batch"] == 8 and row["input"] == "32x16"
+    assert row["images_per_s"] > 0 and row["ms_per_step"] > 0
+    assert row["market_epoch_steps"] == 12936 // 8
+    assert row["projected_minutes"] == pytest.approx(row["market_epoch_s"] * 120 / 60, rel=0.01, abs=0.1)
+    assert row["amp"] == "off" and row["channels_last"] is False and row["peak_memory_gb"] is None
+    assert row["last_loss"] is not None and row["last_loss"] > 0
+
+
+def test_augmented_batches_are_the_gpu_pipeline(bench) -> None:
+    """``--with-augment`` feeds P x K normalised float batches from the uint8 store through TrainAugment."""
+    args = bench.parse_args([*TINY, "--with-augment"])
+    cfg = bench.config_for(args, "resnet18")
+    batches = bench.augmented_batches(cfg, torch.device("cpu"), channels_last=False, store_images=64)
+    for _ in range(10):  # crosses the sampler's epoch boundary (64 images / 8 per batch)
+        images, labels = next(batches)
+    assert images.shape == (8, 3, 32, 16) and images.dtype == torch.float32
+    assert labels.shape == (8,)
+    assert all(int((labels == label).sum()) == 2 for label in labels.unique())  # K=2 images per identity
