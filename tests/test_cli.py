@@ -1,0 +1,115 @@
+"""The command line: every command is registered and documented, and `reid ui` stays private by default."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from reid.cli import app
+
+COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui")
+runner = CliRunner()
+
+
+def plain(text: str) -> str:
+    """Help text without ANSI colours (rich colours it when it thinks it has a terminal)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_top_level_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    out = plain(result.output)
+    for name in COMMANDS:
+        assert re.search(rf"^\W*{name}\b", out, re.MULTILINE), f"{name} missing from reid --help:\n{out}"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help(name: str) -> None:
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    out = plain(result.output)
+    assert f"reid {name}" in out or "Usage" in out
+    assert "--help" in out
+
+
+def write_params(tmp_path: Path, tracking: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"tracking": tracking}))
+    return path
+
+
+def dry_run(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    result = runner.invoke(app, ["ui", "--dry-run", *args])
+    assert result.exit_code == 0, result.output
+    words = shlex.split(result.output.strip())
+    env = {}
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):  # leading NAME=value assignments
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, words
+
+
+def option(argv: list[str], name: str) -> str:
+    assert name in argv, argv
+    return argv[argv.index(name) + 1]
+
+
+def test_ui_dry_run_binds_localhost_with_one_worker(tmp_path: Path) -> None:
+    params = write_params(tmp_path, {"uri": "sqlite:///mlflow.db", "artifact_root": "mlruns"})
+    env, argv = dry_run(["--params", str(params)])
+    assert argv[1:4] == ["-m", "mlflow", "ui"]
+    assert option(argv, "--host") == "127.0.0.1"
+    assert option(argv, "--port") == "5000"
+    assert option(argv, "--workers") == "1"
+    assert env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # The relative sqlite store is the one beside params.yaml, whatever the working directory.
+    assert option(argv, "--backend-store-uri") == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    assert option(argv, "--default-artifact-root") == str((tmp_path / "mlruns").resolve())
+
+
+def test_ui_host_port_and_absolute_uri_pass_through(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere" / "runs.db"
+    params = write_params(tmp_path, {"uri": f"sqlite:///{db}"})
+    _, argv = dry_run(["--params", str(params), "--host", "0.0.0.0", "--port", "5123"])
+    assert option(argv, "--host") == "0.0.0.0"
+    assert option(argv, "--port") == "5123"
+    assert option(argv, "--backend-store-uri") == f"sqlite:///{db}"
+
+
+def test_ui_missing_params_is_a_clean_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ui", "--dry-run", "--params", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "nope.yaml does not exist" in result.output
+    assert "Traceback" not in result.output
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_parameter_table_is_generated_from_config() -> None:
+    """Every key of reid/config.py is documented with its current default (scripts/params_table.py)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "scripts/params_table.py", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    readme = (REPO / "README.md").read_text()
+    from reid.config import Config
+
+    for section, field in Config.model_fields.items():
+        for key in field.annotation.model_fields:  # type: ignore[union-attr]
+            assert f"| `{section}.{key}` |" in readme, f"{section}.{key} missing from README"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in readme and "bash scripts/quickstart.sh" in readme
+    assert "bash scripts/test.sh" in ci
+    assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
