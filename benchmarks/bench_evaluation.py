@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -39,6 +38,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine_info import describe_machine  # noqa: E402
 DEFAULT_MARKET = REPO.parent / "shared" / "data" / "Market-1501-v15.09.15"
 NAME = re.compile(r"^(-?\d+)_c(\d)s\d+_\d+_\d+(?:\.jpg)+$")
 
@@ -238,19 +238,8 @@ def case_msmt(args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------------------------------------------
 def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform()}
+    """This machine (see benchmarks/machine_info.py)."""
+    return describe_machine()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

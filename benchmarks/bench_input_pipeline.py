@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine_info import describe_machine  # noqa: E402
 DEFAULT_MARKET = REPO.parent / "shared" / "data" / "Market-1501-v15.09.15"
 MARKET_TRAIN = 12_936
 MARKET_IDS = 751
@@ -53,22 +53,8 @@ from reid.data.transforms import ERASE_FILL, TrainAugment  # noqa: E402
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    import numpy as np
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+    """This machine and ``device`` (see benchmarks/machine_info.py)."""
+    return describe_machine(device)
 
 
 def sync(device: torch.device) -> None:

@@ -38,8 +38,6 @@ import datetime as dt
 import gc
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import time
@@ -50,6 +48,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine_info import describe_machine  # noqa: E402
 MARKET_TRAIN = 12_936
 MARKET_IDS = 751
 DEFAULT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a", "resnet101_ibn_a")
@@ -62,27 +61,8 @@ from reid.models.reid_model import build_model  # noqa: E402
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    import numpy as np
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "host": platform.node(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "platform": platform.platform(), "device": str(device),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_memory_gb": round(props.total_memory / 2**30, 1),
-                     "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version()})
-    return info
+    """This machine and ``device`` (see benchmarks/machine_info.py)."""
+    return describe_machine(device)
 
 
 def sync(device: torch.device) -> None:
