@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quickstart: one command on a fresh machine, about 10 minutes on 2 CPU cores.
+# Quickstart: one command on a fresh machine, about 6 minutes on 2 CPU cores (3 of them to set up .venv).
 #
 #   bash scripts/quickstart.sh
 #
