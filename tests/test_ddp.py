@@ -98,6 +98,68 @@ def test_without_the_global_gather_the_triplet_gradient_differs() -> None:
     assert not torch.isclose(per_rank, batch_hard_triplet(feats, ref["labels"]))
 
 
+def _sharded_eval_worker(rank: int, world: int, port: int, out_dir: str, manifest_path: str, config_tree: dict) -> None:
+    import torch.distributed as dist
+
+    from reid.config import validate
+    from reid.data.manifest import load_manifest
+    from reid.engine.distributed import gather_shards, shard_bounds
+    from reid.evaluation.runner import evaluate_model
+    from reid.models.reid_model import build_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        full = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # 7 rows: shards of 3 and 4
+        start, stop = shard_bounds(7, rank, world)
+        gathered = gather_shards(full[start:stop], 7)
+        config = validate(config_tree)
+        manifest = load_manifest(manifest_path)
+        import reid.data.loaders as loaders
+
+        seen: list[int] = []
+        real_loader = loaders.build_test_loader
+
+        def recording_loader(samples, *args, **kwargs):
+            seen.append(len(samples))
+            return real_loader(samples, *args, **kwargs)
+
+        loaders.build_test_loader = recording_loader
+        torch.manual_seed(0)
+        model = build_model(config, manifest.num_classes)
+        result = evaluate_model(model, manifest, config, "cpu")
+        torch.save({"gathered": gathered, "mAP": result.mAP, "cmc": torch.as_tensor(result.cmc), "seen": seen},
+                   os.path.join(out_dir, f"eval{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_evaluation_equals_the_single_process_evaluation(tmp_path: Path, tiny_config,
+                                                                 synthetic_manifest) -> None:
+    """Under torchrun each rank embeds a shard of query and gallery; the gathered result is the whole."""
+    import torch.multiprocessing as mp
+
+    from reid.data.manifest import write_manifest
+    from reid.evaluation.runner import evaluate_model
+    from reid.models.reid_model import build_model
+
+    manifest_path = write_manifest(synthetic_manifest, tmp_path / "manifest.json")
+    tree = tiny_config.model_dump(mode="json")
+    mp.spawn(_sharded_eval_worker, args=(2, free_port(), str(tmp_path), str(manifest_path), tree), nprocs=2,
+             join=True)
+    torch.manual_seed(0)
+    model = build_model(tiny_config, synthetic_manifest.num_classes)
+    single = evaluate_model(model, synthetic_manifest, tiny_config, "cpu")
+    expected = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"eval{rank}.pt", weights_only=True)
+        assert torch.equal(got["gathered"], expected)
+        # Each rank embedded only its own half of the query and of the gallery images.
+        q, g = len(synthetic_manifest.query), len(synthetic_manifest.gallery)
+        assert got["seen"] == [(rank + 1) * q // 2 - rank * q // 2, (rank + 1) * g // 2 - rank * g // 2]
+        assert got["mAP"] == pytest.approx(single.mAP, abs=1e-6)
+        assert torch.allclose(got["cmc"], torch.as_tensor(single.cmc), atol=1e-6)
+
+
 # -- the real thing --------------------------------------------------------------------------------
 # Why two plain-SGD steps and not the Adam recipe over many steps: this tiny from-scratch setup is
 # chaotic. A ReLU whose input sits within float noise of zero flips when the summation order changes,

@@ -21,7 +21,9 @@ What makes N processes train *the same model* as one process on the global batch
   PyTorch's version refuses to run. Without it, each rank normalises with its own ``B / N`` samples,
   the usual, slightly different, DDP behaviour.
 
-Only rank 0 writes checkpoints, logs to MLflow and evaluates; the others wait at a barrier.
+Evaluation is shared: each rank extracts the features of its contiguous shard of the query and
+gallery images (:func:`shard_bounds`), :func:`gather_shards` reassembles them in order on every rank,
+and the metrics are computed from the full matrices. Only rank 0 writes checkpoints and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -200,6 +202,37 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the active process group, ``(0, 1)`` without one."""
+    if not _active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous slice ``[start, stop)`` of ``n`` items; sizes differ by at most one."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def gather_shards(part: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's contiguous shard (see :func:`shard_bounds`) of an ``[n, ...]`` tensor, in order.
+
+    The collective needs equal shapes, so each shard is padded to the largest and trimmed after.
+    """
+    if not _active():
+        return part
+    rank, world = rank_and_world()
+    sizes = [stop - start for start, stop in (shard_bounds(n, r, world) for r in range(world))]
+    if part.shape[0] != sizes[rank]:
+        raise ReidError(f"rank {rank} holds {part.shape[0]} rows but its shard of {n} has {sizes[rank]}")
+    longest = max(sizes)
+    padded = part.new_zeros((longest, *part.shape[1:]))
+    padded[: part.shape[0]] = part
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:size] for p, size in zip(parts, sizes)], dim=0)
 
 
 def all_reduce_(x: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,9 @@ middle of epoch ``e`` and resumed replays epoch ``e`` exactly, and on the CPU (o
 ``train.deterministic``) reaches the same final weights as an uninterrupted run. Metrics of the
 replayed steps are logged to MLflow a second time (same step numbers).
 
-Distributed (``torchrun``): see :mod:`reid.engine.distributed`. Rank 0 tracks, evaluates and writes
-checkpoints; the loss statistics are averaged over the ranks before they are shown.
+Distributed (``torchrun``): see :mod:`reid.engine.distributed`. Every rank extracts its shard of the
+evaluation features (gathered for the metrics); rank 0 alone tracks and writes checkpoints; the loss
+statistics are averaged over the ranks before they are shown.
 """
 
 from __future__ import annotations
@@ -487,8 +488,8 @@ class _Trainer:
             self.scheduler.step()
             self._save_last(completed)
             dist_utils.barrier(self.ctx)
-        if not self.last_metrics and self.ctx.is_main:
-            self._evaluate(max(self.start_epoch, epochs))  # a resume of a finished run without metrics
+        if not self.last_metrics:  # a resume of a finished run without metrics (the same on every rank)
+            self._evaluate(max(self.start_epoch, epochs))
         return self._finish(resumed_from)
 
     def _train_epoch(self, epoch: int) -> None:
@@ -606,8 +607,12 @@ class _Trainer:
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def _evaluate(self, completed: int) -> None:
-        if not self.ctx.is_main:
-            return
+        """Evaluate on every rank (features are extracted in shards and gathered), track on rank 0.
+
+        Every rank keeps the same metrics and best-so-far bookkeeping, so the ranks take the same
+        decisions afterwards (e.g. the final evaluation of a resumed run) and never wait for each
+        other at different collectives.
+        """
         from reid.evaluation.runner import evaluate_model, metrics_for_logging
 
         started = time.perf_counter()
@@ -616,16 +621,20 @@ class _Trainer:
         metrics["epoch"] = completed
         self.last_metrics = metrics
         self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
+        value = float(metrics[SELECTION_METRIC])
+        previous_best, previous_epoch = self.best_metric, self.best_epoch
+        improved = previous_best is None or value > previous_best
+        if improved:
+            self.best_metric, self.best_epoch = value, completed
+        if not self.ctx.is_main:
+            return
         logged = metrics_for_logging(result)
         logged["eval_time_s"] = time.perf_counter() - started
         self.tracker.log_metrics(logged, step=completed)
-        value = float(metrics[SELECTION_METRIC])
-        improved = self.best_metric is None or value > self.best_metric
-        note = " (best)" if improved else f" (best {self.best_metric:.4f} at epoch {self.best_epoch})"
+        note = " (best)" if improved else f" (best {previous_best:.4f} at epoch {previous_epoch})"
         self.say(f"epoch {completed}: mAP {value:.4f}  rank1 {metrics.get('rank1', float('nan')):.4f}  "
                  f"mINP {metrics.get('mINP', float('nan')):.4f}{note}")
         if improved:
-            self.best_metric, self.best_epoch = value, completed
             save_checkpoint(self._payload(completed, full=False), self.best_path)
             self.tracker.log_metrics({f"best/{SELECTION_METRIC}": value, "best/epoch": completed}, step=completed)
 

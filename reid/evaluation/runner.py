@@ -88,8 +88,20 @@ def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.d
             "evaluation needs both (rebuild it with `reid prepare`)"
         )
     flip = bool(config.eval.flip)
-    qf = extract_features(model, build_test_loader(manifest.query, config, device), device, flip)
-    gf = extract_features(model, build_test_loader(manifest.gallery, config, device), device, flip)
+
+    def features(samples: Sequence[Any]) -> torch.Tensor:
+        # Under torchrun every rank embeds its own contiguous shard and the shards are gathered in
+        # order, so N GPUs extract N times faster and every rank ends with the same full matrix.
+        from reid.engine.distributed import gather_shards, rank_and_world, shard_bounds
+
+        rank, world = rank_and_world()
+        if world == 1 or len(samples) < world:
+            return extract_features(model, build_test_loader(samples, config, device), device, flip)
+        start, stop = shard_bounds(len(samples), rank, world)
+        part = extract_features(model, build_test_loader(samples[start:stop], config, device), device, flip)
+        return gather_shards(part, len(samples))
+
+    qf, gf = features(manifest.query), features(manifest.gallery)
     return evaluate_sample_features(qf, gf, manifest.query, manifest.gallery, config.eval)
 
 
