@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
+from reid.atomic import atomic_target
 from reid.data.transforms import resize_uint8
 from reid.errors import CorruptImageError, ReidError
 
@@ -197,8 +198,6 @@ def _load_cache(path: Path) -> ImageStore | None:
 
 
 def _save_cache(path: Path, store: ImageStore) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"images": store.images, "labels": store.labels, "kept": torch.tensor(store.kept, dtype=torch.long),
-                "dropped": list(store.dropped)}, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the whole new one
+    with atomic_target(path) as tmp:  # a concurrent reader sees the old file or the whole new one
+        torch.save({"images": store.images, "labels": store.labels,
+                    "kept": torch.tensor(store.kept, dtype=torch.long), "dropped": list(store.dropped)}, tmp)

@@ -14,14 +14,13 @@ it in checkpoints to refuse resuming on different data.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from reid.atomic import write_text_atomic
 from reid.data.datasets import statistics
 from reid.data.samples import SPLIT_NAMES, DatasetSplits, Sample
 from reid.errors import DatasetError
@@ -119,23 +118,7 @@ def build_manifest(splits: DatasetSplits, format: str | None = None, root: Path 
 
 def write_manifest(manifest: Manifest, path: Path | str) -> Path:
     """Write ``manifest`` as JSON atomically (a reader never sees half a file); creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = manifest.model_dump_json(indent=1)
-    # A unique sibling (same file system, so os.replace is atomic), created with the usual umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_text_atomic(path, manifest.model_dump_json(indent=1) + "\n")
 
 
 def load_manifest(path: Path | str) -> Manifest:

@@ -13,14 +13,13 @@ Keys written by the trainer (``FORMAT`` marks the layout):
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from reid.atomic import atomic_target
 from reid.errors import CheckpointError
 
 FORMAT = "reid-checkpoint-v1"
@@ -29,18 +28,9 @@ FORMAT = "reid-checkpoint-v1"
 def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
     """Atomically write ``payload`` to ``path`` (temp file in the same folder, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

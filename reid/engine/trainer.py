@@ -58,6 +58,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from reid.atomic import write_text_atomic
 from reid.config import Config, dump_config, flatten
 from reid.engine import distributed as dist_utils
 from reid.engine.checkpoint import load_checkpoint, read_entry, save_checkpoint
@@ -698,11 +699,8 @@ def _cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write atomically: a reader (DVC, a test) never sees a half-written metrics file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
-    tmp.write_text(json.dumps(clean, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(clean, indent=2) + "\n")
 
 
 def _dataset_name(manifest: Any, config: Config) -> str:
