@@ -107,7 +107,6 @@ class ModelRow:
         """The row as ``{column: value}`` with raw numbers (accuracy in percent)."""
         cfg = self.model.config
         kd = cfg.kd
-        mode = "+".join(m for m, on in (("self", kd.self_distill), ("offline", kd.offline)) if on) or "none"
         teachers = []
         if kd.self_distill:
             teachers.append(f"self {kd.teacher_stage} -> {'+'.join(kd.student_stages)}")
@@ -117,7 +116,7 @@ class ModelRow:
         return {
             "model": self.model.name,
             "backbone": cfg.model.backbone,
-            "kd mode": mode,
+            "kd mode": kd.mode,
             "feature_loss_coefficient": kd.feature_loss_coefficient if kd.self_distill else None,
             "temperature": kd.temperature if kd.offline and kd.logit_weight > 0 else None,
             "teacher": "; ".join(teachers) or None,

@@ -185,6 +185,11 @@ class KDConfig(_Section):
     def offline(self) -> bool:
         return self.teacher_checkpoint is not None
 
+    @property
+    def mode(self) -> str:
+        """``none``, ``self``, ``offline`` or ``self+offline``: the name in MLflow tags and comparison tables."""
+        return "+".join(m for m, on in (("self", self.self_distill), ("offline", self.offline)) if on) or "none"
+
 
 class EvalConfig(_Section):
     """Market-1501 protocol and what is produced after evaluation."""

@@ -152,12 +152,6 @@ def git_commit(cwd: Path) -> str | None:
     return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
 
 
-def kd_mode(config: Config) -> str:
-    """``none``, ``self``, ``offline`` or ``self+offline`` (the naming of ``reid compare``)."""
-    kd = config.kd
-    return "+".join(m for m, on in (("self", kd.self_distill), ("offline", kd.offline)) if on) or "none"
-
-
 def run_tags(config: Config, *, variant: str | None, dataset: str | None = None,
              base: Path | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
     """The tags every training run carries (dataset, backbone, kd mode, variant, git, DVC context).
@@ -169,7 +163,7 @@ def run_tags(config: Config, *, variant: str | None, dataset: str | None = None,
         "reid.command": "train",
         "variant": variant or "baseline",
         "backbone": config.model.backbone,
-        "kd_mode": kd_mode(config),
+        "kd_mode": config.kd.mode,
         "dataset": dataset or Path(str(config.data.root)).name,
         "dataset_format": config.data.format,
     }
