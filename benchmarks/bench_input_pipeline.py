@@ -40,7 +40,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.machine_info import describe_machine  # noqa: E402
+from benchmarks.machine_info import describe_machine, synchronize  # noqa: E402
 DEFAULT_MARKET = REPO.parent / "shared" / "data" / "Market-1501-v15.09.15"
 MARKET_TRAIN = 12_936
 MARKET_IDS = 751
@@ -55,11 +55,6 @@ from reid.data.transforms import ERASE_FILL, TrainAugment  # noqa: E402
 def machine(device: torch.device) -> dict[str, Any]:
     """This machine and ``device`` (see benchmarks/machine_info.py)."""
     return describe_machine(device)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def market_like_labels(num_images: int, seed: int) -> list[int]:
@@ -88,13 +83,13 @@ def timed(make_batches: Iterator[Any], steps: int, warmup: int, device: torch.de
           to_device: Callable[[Any], Any] = lambda b: b) -> dict[str, Any]:
     for _ in range(warmup):
         to_device(next(make_batches))
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     images = 0
     for _ in range(steps):
         batch = to_device(next(make_batches))
         images += int(batch[0].shape[0])
-    sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"steps": steps, "warmup_steps": warmup, "images": images, "seconds": round(seconds, 3),
             "images_per_s": round(images / seconds, 1)}

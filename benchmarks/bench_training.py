@@ -48,7 +48,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.machine_info import describe_machine  # noqa: E402
+from benchmarks.machine_info import describe_machine, synchronize  # noqa: E402
 MARKET_TRAIN = 12_936
 MARKET_IDS = 751
 DEFAULT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a", "resnet101_ibn_a")
@@ -63,11 +63,6 @@ from reid.models.reid_model import build_model  # noqa: E402
 def machine(device: torch.device) -> dict[str, Any]:
     """This machine and ``device`` (see benchmarks/machine_info.py)."""
     return describe_machine(device)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def config_for(args: argparse.Namespace, backbone: str) -> Config:
@@ -154,11 +149,11 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warmup = args.warmup if args.warmup is not None else (10 if args.compile else 3)
-    sync(device)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(warmup):
         step()
-    sync(device)
+    synchronize(device)
     warmup_s = time.perf_counter() - started
 
     windows = []
@@ -167,7 +162,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
         start = time.perf_counter()
         for _ in range(args.steps):
             total = step()
-        sync(device)
+        synchronize(device)
         windows.append(time.perf_counter() - start)
     seconds = min(windows)  # the window least disturbed by other work on the machine
 

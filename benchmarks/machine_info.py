@@ -1,4 +1,4 @@
-"""The machine description every benchmark stores beside its numbers.
+"""What every benchmark shares: the machine description stored beside its numbers, device sync.
 
 A benchmark figure without the hardware and library versions it was measured with cannot be compared
 with anything, so each results JSON carries this dict.
@@ -42,3 +42,12 @@ def describe_machine(device: Any = None) -> dict[str, Any]:
                          "compute_capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda,
                          "cudnn": torch.backends.cudnn.version()})
     return info
+
+
+def synchronize(device: Any) -> None:
+    """Wait for queued GPU work, so a timer around it measures the work (a no-op off CUDA)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
