@@ -291,7 +291,7 @@ class CPUSyncBatchNorm(_BatchNorm):
             return super().forward(input)
         dims = [0] + list(range(2, input.dim()))
         shape = [1, -1] + [1] * (input.dim() - 2)
-        x = input.float()
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half -> float32; float64 stays exact
         count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
         all_reduce_(count)
         n = float(count.item())

@@ -1,0 +1,128 @@
+"""Worker of tests/test_ddp.py: the real trainer's first optimisation step, in float64, saved to a file.
+
+Run as ``python tests/ddp_first_step.py CONFIG.json OUT_PREFIX [MISTAKE ...]`` for one process, or
+under ``torchrun --nproc-per-node 2`` for the distributed run; for each MISTAKE (default ``none``) each
+rank writes ``OUT_PREFIX.<MISTAKE>.rank<R>.pt``. One launch serves several variants because starting
+two processes that import torch costs far more than a step of the tiny model.
+
+Why the first step in float64 and nothing later: it is exactly what the distributed machinery controls
+(which images each rank gets, synchronised BatchNorm, global triplet mining, gradient averaging) and
+nothing chaotic. In float64 with deterministic kernels the only difference between one process and
+two is the order of a few sums, so a correct run agrees to ~1e-15 relative on any CPU, whereas every
+mistake of the machinery changes the gradient at order 1e-2 to 1. Later steps would amplify
+summation-order noise through ReLU flips (up to 24% after 6 steps, 1 vs 2 threads, one process).
+
+A MISTAKE other than ``none`` injects one known distributed mistake, so the test can show each is caught:
+
+* ``per_rank_bn``: BatchNorm statistics of each rank's half batch (``train.sync_bn`` off);
+* ``per_rank_triplet``: batch-hard mining within each rank's half batch (no :class:`GlobalBatchLoss`);
+* ``same_batch_on_every_rank``: every rank samples as rank 0 (a sampler that ignores the rank);
+* ``gradients_summed``: DDP sums the ranks' gradients instead of averaging them;
+* ``no_gradient_sync``: no DDP wrapper, each rank steps with its own gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import sys
+from typing import Iterator
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+
+MISTAKES = ("per_rank_bn", "per_rank_triplet", "same_batch_on_every_rank", "gradients_summed", "no_gradient_sync")
+
+
+@contextlib.contextmanager
+def _injected(mistake: str, tree: dict) -> Iterator[dict]:
+    """The config tree with ``mistake`` injected, and the one building block it names patched meanwhile."""
+    import reid.data.loaders as loaders
+    from reid.engine import distributed as dist_utils
+    from reid.engine import trainer as trainer_mod
+
+    tree = copy.deepcopy(tree)
+    with contextlib.ExitStack() as stack:
+        if mistake == "per_rank_bn":
+            tree["train"]["sync_bn"] = False
+        elif mistake == "per_rank_triplet":
+            stack.enter_context(mock.patch.object(trainer_mod, "_globalise_batch_losses", lambda objective: None))
+        elif mistake == "same_batch_on_every_rank":
+            real_loader = loaders.build_train_loader
+
+            def rank0_loader(manifest, config, device, rank=0, world_size=1, **kwargs):
+                return real_loader(manifest, config, device, 0, world_size, **kwargs)
+
+            stack.enter_context(mock.patch.object(loaders, "build_train_loader", rank0_loader))
+        elif mistake == "gradients_summed":
+            real_wrap = dist_utils.wrap_ddp
+
+            def allreduce_sum(state, bucket):
+                return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda f: f.value()[0])
+
+            def summing_ddp(module, ctx, device, sync_bn):
+                wrapped = real_wrap(module, ctx, device, sync_bn)
+                wrapped.register_comm_hook(None, allreduce_sum)
+                return wrapped
+
+            stack.enter_context(mock.patch.object(dist_utils, "wrap_ddp", summing_ddp))
+        elif mistake == "no_gradient_sync":
+            stack.enter_context(mock.patch.object(dist_utils, "wrap_ddp", lambda module, ctx, device, sync_bn: module))
+        elif mistake != "none":
+            raise SystemExit(f"unknown mistake {mistake!r}; one of none, {', '.join(MISTAKES)}")
+        yield tree
+
+
+def first_step(tree: dict, source: str) -> dict:
+    """One step of the real trainer (its _run/_build/_train_epoch/_step, minus tracking and evaluation)."""
+    from reid.config import validate
+    from reid.data.manifest import load_manifest
+    from reid.engine import distributed as dist_utils
+    from reid.engine import trainer as trainer_mod
+    from reid.engine.device import epoch_seed, seed_everything
+
+    config = validate(tree, source)
+    manifest = load_manifest(config.data.manifest)
+    t = trainer_mod._Trainer(config, manifest, False, None, None, None, False, None)
+    t.device = torch.device("cpu")
+    t.ctx = dist_utils.init_from_env(t.device)  # reuses the group main() joined
+    dist_utils.check_batch_split(config.data.ids_per_batch, t.ctx)
+    t.manifest, t.num_classes, t.data_hash = manifest, int(manifest.num_classes), None
+    t._build(None)
+    t.objective.double()  # in place: the optimiser keeps the same Parameter objects
+    t._set_frozen(False)
+    seed_everything(epoch_seed(config.train.seed, 0, t.ctx.rank))
+    t.loader.set_epoch(0)
+    t.objective.train()
+    images, labels = next(iter(t.loader))
+    before = {n: p.detach().clone() for n, p in t.objective.named_parameters()}
+    total, _, _ = t._step(images.double(), labels)
+    return {
+        "rank": t.ctx.rank,
+        "loss": total.detach().double(),
+        "labels": labels.cpu(),
+        "grads": {n: p.grad.detach().clone() for n, p in t.objective.named_parameters() if p.grad is not None},
+        "steps": {n: p.detach() - before[n] for n, p in t.objective.named_parameters()},
+        "buffers": {n: b.detach().clone() for n, b in t.objective.named_buffers() if b.is_floating_point()},
+    }
+
+
+def main(config_path: str, out_prefix: str, mistakes: list[str]) -> None:
+    from reid.engine import distributed as dist_utils
+
+    with open(config_path) as f:
+        tree = json.load(f)
+    ctx = dist_utils.init_from_env(torch.device("cpu"))
+    try:
+        for mistake in mistakes or ["none"]:
+            with _injected(mistake, tree) as variant:
+                out = first_step(variant, f"{config_path} ({mistake})")
+            torch.save(out, f"{out_prefix}.{mistake}.rank{out['rank']}.pt")
+    finally:
+        dist_utils.cleanup(ctx)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3:])
