@@ -5,7 +5,15 @@ a relative root is anchored at ``DVC_ROOT`` inside a DVC stage, else at the work
 prints the dataset statistics, and writes ``data.manifest`` (``--output``) plus ``statistics.json``
 beside it (the DVC ``prepare`` stage's metrics). With ``--check-images`` every image is decoded
 first, and ``data.corrupt_images`` decides what a corrupt file does: ``fail`` stops with the list of
-bad files, ``skip`` leaves them out of the manifest with a warning.
+bad files, ``skip`` leaves them out of the manifest with a warning. It also warns about what would
+spoil training or evaluation later (:mod:`reid.data.checks`): no query with a cross-camera match,
+implausible camera labels, identities with fewer than K images.
+
+With ``data.sources`` the listed datasets are read instead of ``data.format``/``data.root`` and merged
+into one manifest, identities and cameras offset per source (:mod:`reid.data.sources`). Every
+cross-domain target of ``evaluate.targets`` is read too, before anything is written (a missing one is
+an error naming it), and its manifest written to ``targets/<name>.json`` beside ``data.manifest``
+(:mod:`reid.targets`).
 
 A missing dataset is an error, never a silent switch to synthetic data: numbers from synthetic
 images must not be mistaken for Market-1501 results. The error says how to try the toolkit on
@@ -83,7 +91,7 @@ def command(
     ] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Dataset folder (overrides data.root).")] = None,
     format: Annotated[
-        Optional[str], typer.Option("--format", help="Dataset layout: market1501, veri776 or folder (overrides data.format).")
+        Optional[str], typer.Option("--format", help="Dataset layout: market1501, dukemtmc, msmt17, cuhk03, veri776, vehicleid or folder (overrides data.format).")
     ] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Manifest to write (overrides data.manifest).")] = None,
     check_images: Annotated[
@@ -92,7 +100,7 @@ def command(
 ) -> None:
     """Check the dataset, print its statistics and write the manifest that training and evaluation read."""
     with clean_errors():
-        from reid.data.datasets import read_dataset, statistics_table
+        from reid.data.datasets import read_dataset, reader_options, statistics_table
         from reid.data.manifest import build_manifest, write_manifest
         from reid.errors import DatasetError
 
@@ -106,24 +114,46 @@ def command(
         config = config_from_cli(params, variant, overrides)
         data = config.data
         root_path = dataset_root(data.root)
+
+        def read(fmt: str, folder: Path) -> "DatasetSplits":  # every dataset of the run is read alike
+            return read_dataset(fmt, folder, **reader_options(data))
+
         try:
-            splits = read_dataset(data.format, root_path)
+            if data.sources:  # joint training: data.format/root are not read
+                from reid.data.sources import read_sources
+
+                splits = read_sources(data.sources, read, dataset_root)
+            else:
+                splits = read(data.format, root_path)
         except DatasetError as exc:
-            if not root_path.exists():
+            if not data.sources and not root_path.exists():
                 raise DatasetError(f"{exc}\n{QUICKSTART_HINT}") from None
             raise
+        # Cross-domain targets are read now too: a missing one fails here, before any training.
+        from reid.targets import read_target_datasets, read_targets, write_target_manifests
+
+        targets = read_target_datasets(read_targets(params), read, dataset_root)
+        warnings = list(splits.warnings)
+        if check_images:
+            threads = max(1, min(8, os.cpu_count() or 1))
+            warnings += _drop_corrupt(splits, data.corrupt_images, threads)
+        # Printed after corrupt images were dropped: the table shows what statistics.json records.
         typer.echo(statistics_table(splits))
         for note in splits.notes:
             typer.echo(f"note: {note}")
-        if check_images:
-            threads = max(1, min(8, os.cpu_count() or 1))
-            for warning in _drop_corrupt(splits, data.corrupt_images, threads):
-                typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+
+        from reid.data.checks import dataset_warnings
 
         manifest = build_manifest(splits)
+        for warning in warnings + dataset_warnings(manifest, data.instances_per_id):
+            typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         path = write_manifest(manifest, data.manifest)
         stats_path = path.parent / "statistics.json"
         stats: dict[str, object] = {**manifest.statistics, "num_classes": manifest.num_classes}
         stats_path.write_text(json.dumps(stats, indent=2) + "\n")
         typer.echo(f"wrote {path} ({manifest.num_classes} training identities, content hash "
                    f"{manifest.content_hash[:12]}) and {stats_path}")
+        for name, target_path, target_manifest in write_target_manifests(targets, data.manifest):
+            counts = target_manifest.statistics
+            typer.echo(f"target {name}: wrote {target_path} ({counts['query']['images']} query / "
+                       f"{counts['gallery']['images']} gallery images, content hash {target_manifest.content_hash[:12]})")

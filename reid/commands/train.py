@@ -1,22 +1,43 @@
 """``reid train``: train the strong baseline (or a variant) with checkpoints, resume and MLflow tracking.
 
 Relative tracking paths (``sqlite:///mlflow.db``, ``mlruns``) are anchored at ``DVC_ROOT`` inside a
-DVC stage, else beside the params file, like ``reid ui`` and ``reid evaluate``, so that every
-command of the project reads and writes the same store wherever it is started from.
+DVC stage, else at the working directory, like every relative path of the parameters and like
+``reid ui`` and ``reid evaluate`` (README, "Parameters").
 
 Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss),
 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
-last completed epoch and ``reid train --resume`` continues the same MLflow run.
+last completed epoch and ``reid train --resume`` continues the same MLflow run (interrupted in the
+first epoch, there is no ``last.pt`` of this run, and the message says so).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from reid.commands._common import clean_errors, config_from_cli
+
+
+def interrupted_message(reason: str, last: Path, params: Path, variant: str | None, resume: bool,
+                        started: float) -> str:
+    """What to tell the user after Ctrl-C / SIGTERM: only claim ``last.pt`` holds an epoch when it does.
+
+    ``last.pt`` belongs to this run when it was resumed from or written after ``started``; a file
+    older than that is a previous run's (it is overwritten at the end of this run's first epoch).
+    """
+    from reid.engine.checkpoint import read_entry
+
+    again = f"reid train --params {params}{f' --variant {variant}' if variant else ''}"
+    ours = last.is_file() and (resume or last.stat().st_mtime >= started)
+    epoch = read_entry(last, "epoch") if ours else None
+    if epoch is None:
+        older = f" ({last} is from an earlier run)" if last.is_file() else ""
+        return (f"interrupted ({reason}) before the first epoch was completed: no checkpoint of this run was "
+                f"written{older}, so there is nothing to resume. Start again with: {again}")
+    return f"interrupted ({reason}); {last} holds epoch {epoch}. Continue with: {again} --resume"
 
 
 def command(
@@ -36,20 +57,24 @@ def command(
     ] = None,
 ) -> None:
     """Train a ReID model: checkpoints (best.pt, last.pt), metrics.json and an MLflow run."""
-    from reid.commands.ui import project_base
+    from reid.commands._common import project_base
     from reid.tracking.mlflow_tracker import Terminated
 
     with clean_errors():
         config = config_from_cli(params, variant, override)
+        from reid.data.manifest import load_manifest
         from reid.engine.trainer import train
 
+        # Loaded here so that a missing manifest names the params file this command was given.
+        manifest = load_manifest(config.data.manifest, params, variant)
+        started = time.time()
         try:
-            result = train(config, resume=resume, variant=variant, run_name=run_name, tracking_base=project_base(params))
+            result = train(config, manifest, resume=resume, variant=variant, run_name=run_name,
+                           tracking_base=project_base(params))
         except KeyboardInterrupt as exc:
             code = 143 if isinstance(exc, Terminated) else 130
             last = Path(config.train.output_dir) / "last.pt"
-            typer.secho(f"interrupted ({exc or 'Ctrl-C'}); {last} holds the last completed epoch. "
-                        f"Continue with: reid train --params {params}{f' --variant {variant}' if variant else ''} --resume",
+            typer.secho(interrupted_message(str(exc) or "Ctrl-C", last, params, variant, resume, started),
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=code) from None
 

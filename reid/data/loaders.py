@@ -278,14 +278,19 @@ class TestLoader:
 
     def __init__(self, loader: DataLoader, transform: TestTransform, device: torch.device, channels_last: bool) -> None:
         self.loader, self.transform, self.device, self.channels_last = loader, transform, device, channels_last
+        # Positions (into the sample list) of the images the last pass yielded, in order: with
+        # data.corrupt_images=skip a corrupt image is left out, and the evaluation must drop its sample too.
+        self.kept: list[int] = []
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        self.kept = []
         for batch in self.loader:
             if batch is None:  # every image of the batch was corrupt and skipped
                 continue
+            self.kept.extend(int(i) for i in batch[1].tolist())
             out = self.transform(_to_device(batch[0], self.device))
             if self.channels_last:
                 out = out.contiguous(memory_format=torch.channels_last)
@@ -296,7 +301,8 @@ def build_test_loader(samples: Sequence[Any], config: Any, device: torch.device 
     """Batches of ``data.test_batch_size`` images of ``samples``, in order: decoded by loader workers,
     resized and normalised on ``device`` (the same :class:`TestTransform` on every device)."""
     device = torch.device(device)
-    dataset = _DecodeDataset(samples, None, config.data.corrupt_images, train=False)
+    # The "labels" of test items are their positions, so that the loader can report which images it kept.
+    dataset = _DecodeDataset(samples, range(len(samples)), config.data.corrupt_images, train=False)
     loader = _data_loader(dataset, config, device, batch_size=int(config.data.test_batch_size), shuffle=False)
     channels_last = bool(config.model.channels_last) and device.type == "cuda"
     return TestLoader(loader, TestTransform(config.data), device, channels_last)

@@ -31,7 +31,14 @@ class DatasetSplits:
     ``format`` and ``root`` (absolute) record where the splits came from, so that
     :func:`reid.data.manifest.build_manifest` needs nothing else; both are optional for splits
     assembled by hand (tests, custom tools). ``notes`` are remarks for the user about what the reader
-    did (junk images dropped, how folder names were mapped to ids), printed by ``reid prepare``.
+    did (junk images dropped, how folder names were mapped to ids), printed by ``reid prepare``;
+    ``warnings`` are things that look wrong but need not be (e.g. implausible camera labels).
+
+    ``has_cameras`` is False for data without camera ids (VehicleID, a ``folder`` dataset read with
+    ``data.cameras=none``): every ``camid`` is then :data:`NO_CAMERA` and the evaluation drops the
+    same-camera rule by itself. ``protocol`` names how query and gallery are scored: ``standard``
+    (the fixed split, Market-1501 rules) or ``vehicleid`` (query and gallery are pooled and
+    re-drawn, one random gallery image per identity, averaged over ``eval.gallery_draws``).
     """
 
     name: str
@@ -41,6 +48,9 @@ class DatasetSplits:
     format: str = ""
     root: str = ""
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    has_cameras: bool = True
+    protocol: str = "standard"
 
     def split(self, name: str) -> list[Sample]:
         """The split called ``name`` (``train``, ``query`` or ``gallery``)."""
@@ -50,3 +60,4 @@ class DatasetSplits:
 
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "query", "gallery")
+NO_CAMERA = -1  # the camid of every sample of a dataset without camera ids

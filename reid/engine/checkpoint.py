@@ -39,6 +39,14 @@ def load_state(path: Path | str, map_location: str | torch.device = "cpu") -> An
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not _looks_like_torch_file(path):
+        # Without this, torch.load reports a YAML or text file as "needs pickle", which sends the
+        # user after the wrong problem.
+        raise CheckpointError(
+            f"{path} is not a reid checkpoint (nor any file written by torch.save): a params YAML or another file "
+            f"passed where a checkpoint belongs? Pass the best.pt or last.pt that `reid train` wrote "
+            f"(or, for model.pretrained_path, a .pth state dict)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -49,6 +57,20 @@ def load_state(path: Path | str, map_location: str | torch.device = "cpu") -> An
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable torch file (truncated or corrupt?): {exc}") from None
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTO = 0x80          # torch.save(..., _use_new_zipfile_serialization=False): a pickle stream
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """True when the file starts like something ``torch.save`` writes (zip archive or pickle stream)."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return True  # let torch.load report the I/O problem
+    return not head or head == _ZIP_MAGIC or head[0] == _PICKLE_PROTO  # empty: torch.load says "truncated"
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

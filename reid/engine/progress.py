@@ -3,8 +3,9 @@
 The bar is cheap by construction: :meth:`EpochProgress.update` takes the step counter (a Python int)
 and, optionally, statistics that the trainer has *already* copied to the host at its log interval,
 so drawing the bar never forces a GPU synchronisation. On a terminal the line is redrawn in place at
-most every ``min_interval`` seconds; when stderr is a file or a pipe (DVC, CI, ``nohup``) only the
-finished line of each epoch is written, so logs stay readable instead of filling with ``\\r`` frames.
+most every ``min_interval`` seconds; when stderr is a file or a pipe (DVC, CI, ``nohup``) a plain
+line is written every ``log_every`` steps (``train.log_every_steps``) and at the end of the epoch, so
+logs stay readable instead of filling with ``\\r`` frames, yet a long epoch is not minutes of silence.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ class EpochProgress:
     """Progress of one epoch: ``epoch 3/120 [#####.....] 41/202  loss 2.31  acc 0.41  lr 3.50e-04  812 img/s``."""
 
     def __init__(self, epoch: int, epochs: int, total_steps: int, *, stream: TextIO | None = None,
-                 enabled: bool = True, min_interval: float = 0.5) -> None:
+                 enabled: bool = True, min_interval: float = 0.5, log_every: int | None = None) -> None:
         self.prefix = f"epoch {epoch}/{epochs}"
         self.total = max(int(total_steps), 1)
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.interactive = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
         self.min_interval = min_interval
+        self.log_every = log_every
         self.start = time.perf_counter()
         self._last_draw = 0.0
         self._stats: Mapping[str, float] = {}
@@ -66,6 +68,9 @@ class EpochProgress:
         if stats is not None:
             self._stats = dict(stats)
         if not self.interactive:
+            if self.enabled and self.log_every and done < self.total and done % self.log_every == 0:
+                self.stream.write(self.line(done) + "\n")
+                self.stream.flush()
             return
         now = time.perf_counter()
         if now - self._last_draw >= self.min_interval or done >= self.total:
