@@ -1,6 +1,6 @@
 """Read a dataset folder into train / query / gallery samples, and describe it.
 
-Three layouts are understood (see docs/DATASETS.md for examples):
+The layouts understood are (see docs/DATASETS.md for examples):
 
 * ``market1501``: ``bounding_box_train/``, ``query/``, ``bounding_box_test/`` with file names
   ``PPPP_cCsS_FFFFFF_BB.jpg``. Identity ``-1`` (junk detections) is dropped at load, as every
@@ -8,6 +8,8 @@ Three layouts are understood (see docs/DATASETS.md for examples):
   extension may repeat (``.jpg.jpg``): 24 files of the original release are named that way, six of
   them the query images of id 1488, and a parser anchored on a single ``.jpg`` silently loses them.
 * ``veri776``: ``image_train/``, ``image_query/``, ``image_test/`` with ``VVVV_cCCC_FFFFFFFF_N.jpg``.
+* ``dukemtmc``: DukeMTMC-reID, Market's folders with ``PPPP_cC_fFFFFFFF.jpg``.
+* ``cuhk03``, ``msmt17``, ``vehicleid``: read by :mod:`reid.data.readers` (variant folders, list files).
 * ``folder``: ``train/``, ``query/``, ``gallery/``, each holding one folder per identity (any name)
   with ``<camera>_<anything>.jpg|.jpeg|.png`` inside; for custom data.
 
@@ -23,13 +25,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from reid.data.samples import SPLIT_NAMES, DatasetSplits, Sample
+from reid.data.samples import NO_CAMERA, SPLIT_NAMES, DatasetSplits, Sample
 from reid.errors import DatasetError
 
-DatasetFormat = Literal["market1501", "veri776", "folder"]
+DatasetFormat = Literal["market1501", "veri776", "folder", "pack",  # pack: see reid/data/pack.py
+                        "dukemtmc", "cuhk03", "msmt17", "vehicleid"]  # the last three: reid/data/readers.py
 FORMATS: tuple[str, ...] = get_args(DatasetFormat)
+LIST_FORMATS: tuple[str, ...] = ("cuhk03", "msmt17", "vehicleid")  # read by reid.data.readers
+CAMERA_MODES: tuple[str, ...] = ("auto", "none")  # data.cameras
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 DISTRACTOR_FOLDER = "_distractors"  # folder format: gallery-only images of nobody (pid 0)
 SYNTH_HINT = "to try the toolkit without it, generate a synthetic Market-format dataset with `reid synth DIR`"
@@ -67,8 +72,15 @@ VERI776 = _NamedLayout(
     pattern_text="VVVV_cCCC_FFFFFFFF_N.jpg",
     example="0002_c002_00030600_0.jpg",
 )
+DUKEMTMC = _NamedLayout(
+    title="DukeMTMC-reID",
+    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
+    pattern=re.compile(rf"^(-?\d+)_c(\d+)_f\d+{_EXT}$", re.IGNORECASE),
+    pattern_text="PPPP_cC_fFFFFFFF.jpg",
+    example="0001_c2_f0046182.jpg",
+)
 FOLDER_SPLITS: dict[str, str] = {"train": "train", "query": "query", "gallery": "gallery"}
-_NAMED: dict[str, _NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776}
+_NAMED: dict[str, _NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776, "dukemtmc": DUKEMTMC}
 
 
 def is_image_name(name: str) -> bool:
@@ -76,14 +88,36 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_dataset(format: DatasetFormat, root: Path | str) -> DatasetSplits:
-    """Read ``root`` in the given layout; raises :class:`DatasetError` saying what is wrong and how to fix it."""
+def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool = False, *, cameras: str = "auto",
+                 cuhk03_variant: str = "detected", msmt17_use_val: bool = True,
+                 vehicleid_test_size: int = 800) -> DatasetSplits:
+    """Read ``root`` in the given layout; raises :class:`DatasetError` saying what is wrong and how to fix it.
+
+    ``allow_id_overlap`` (``data.allow_id_overlap``, folder layout): accept an identity folder name that
+    appears both in ``train/`` and in ``query/`` or ``gallery/``, which is otherwise refused as a leak.
+    ``cameras="none"`` (``data.cameras``) declares data without camera ids: ``folder`` file names need
+    no ``<camera>_`` prefix, every camid becomes -1 and evaluation drops the same-camera rule. The other
+    keywords are the ``data.*`` options of the list-based benchmarks (:mod:`reid.data.readers`);
+    :func:`reader_options` takes them all from a ``DataConfig``.
+    """
     if format not in FORMATS:
         raise DatasetError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)} (data.format)")
+    if cameras not in CAMERA_MODES:
+        raise DatasetError(f"unknown camera mode {cameras!r} (data.cameras); expected auto or none")
     root_str = os.path.abspath(os.path.expanduser(str(root)))
+    if format in LIST_FORMATS:
+        from reid.data.readers import read_benchmark
+
+        splits = read_benchmark(format, root_str, cuhk03_variant=cuhk03_variant, msmt17_use_val=msmt17_use_val,
+                                vehicleid_test_size=vehicleid_test_size)
+        return _with_cameras(splits, cameras)
+    if format == "pack":  # one file holding the three splits, already filtered like market1501
+        from reid.data.pack import read_pack
+
+        return read_pack(root_str)
     _check_root(format, root_str)
     if format == "folder":
-        return _read_folder(root_str)
+        return _with_cameras(_read_folder(root_str, allow_id_overlap, cameras == "none"), cameras)
     layout = _NAMED[format]
     splits: dict[str, list[Sample]] = {}
     notes: list[str] = []
@@ -93,8 +127,27 @@ def read_dataset(format: DatasetFormat, root: Path | str) -> DatasetSplits:
         if junk:
             notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
     name = os.path.basename(root_str) or layout.title
-    return DatasetSplits(name=name, train=splits["train"], query=splits["query"], gallery=splits["gallery"],
+    read = DatasetSplits(name=name, train=splits["train"], query=splits["query"], gallery=splits["gallery"],
                          format=format, root=root_str, notes=notes)
+    return _with_cameras(read, cameras)
+
+
+def reader_options(data: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`read_dataset` held by a ``DataConfig`` (``data.*``)."""
+    return {"allow_id_overlap": data.allow_id_overlap, "cameras": data.cameras, "cuhk03_variant": data.cuhk03_variant,
+            "msmt17_use_val": data.msmt17_use_val, "vehicleid_test_size": data.vehicleid_test_size}
+
+
+def _with_cameras(splits: DatasetSplits, cameras: str) -> DatasetSplits:
+    """``splits`` with every camid set to -1 and ``has_cameras`` False when cameras are declared absent."""
+    if cameras != "none" or not splits.has_cameras:
+        return splits
+    for name in SPLIT_NAMES:
+        setattr(splits, name, [Sample(s.path, s.pid, NO_CAMERA) for s in splits.split(name)])
+    splits.has_cameras = False
+    splits.notes = [n for n in splits.notes if not n.startswith("cameras:")] + [
+        "no camera ids (data.cameras=none): evaluation counts same-camera matches (no same-camera rule)"]
+    return splits
 
 
 # -- layout checks -------------------------------------------------------------------------------------
@@ -190,11 +243,14 @@ def _read_named_split(layout: _NamedLayout, root: str, split: str, folder_name: 
 
 
 # -- generic folder layout -----------------------------------------------------------------------------
-def _read_folder(root: str) -> DatasetSplits:
+def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = False) -> DatasetSplits:
     """``root/<split>/<identity>/<camera>_<anything>.<ext>``; identities and cameras named freely.
 
     Identity folder names are mapped to 1..N in sorted order over all splits (so an identity keeps its
-    number across query and gallery), ``_distractors`` to 0; camera tokens likewise to 1..M.
+    number across query and gallery), ``_distractors`` to 0; camera tokens likewise to 1..M. The same
+    folder name in ``train/`` and in a test split means the same person, i.e. test identities seen in
+    training: a data leak that inflates every metric, refused unless ``allow_id_overlap``. With
+    ``no_cameras`` (``data.cameras=none``) file names are free and carry no camera.
     """
     found: dict[str, list[tuple[str, str, str]]] = {}  # split -> [(path, identity, camera)]
     for split, folder_name in FOLDER_SPLITS.items():
@@ -215,8 +271,8 @@ def _read_folder(root: str) -> DatasetSplits:
             for name in _visible_files(id_folder):
                 if not is_image_name(name):
                     continue
-                camera, sep, rest = name.partition("_")
-                if not sep or not camera or not rest:
+                camera, sep, rest = ("", "_", name) if no_cameras else name.partition("_")
+                if not no_cameras and (not sep or not camera or not rest):
                     raise DatasetError(
                         f"{os.path.join(id_folder, name)}: the file name must start with its camera and an underscore, "
                         f"<camera>_<anything>.jpg (e.g. cam1_0001.jpg); rename the file")
@@ -224,6 +280,8 @@ def _read_folder(root: str) -> DatasetSplits:
         if not entries:
             raise _empty_split_error(split, folder, " (no <identity>/<camera>_<name>.jpg files)")
         found[split] = entries
+    if not allow_id_overlap:
+        _refuse_id_overlap(root, found)
     names = sorted({ident for entries in found.values() for _, ident, _ in entries} - {DISTRACTOR_FOLDER})
     pid_of = {name: i + 1 for i, name in enumerate(names)}
     pid_of[DISTRACTOR_FOLDER] = 0
@@ -233,14 +291,33 @@ def _read_folder(root: str) -> DatasetSplits:
               for split, entries in found.items()}
     notes = [f"identities: {len(names)} folder names mapped to 1..{len(names)} in sorted order",
              f"cameras: {', '.join(f'{c}={cam_of[c]}' for c in cameras[:12])}{' ...' if len(cameras) > 12 else ''}"]
+    from reid.data.checks import folder_camera_warnings
+
     return DatasetSplits(name=os.path.basename(root) or "folder", train=splits["train"], query=splits["query"],
-                         gallery=splits["gallery"], format="folder", root=root, notes=notes)
+                         gallery=splits["gallery"], format="folder", root=root, notes=notes,
+                         warnings=[] if no_cameras else folder_camera_warnings(cameras, len(names)))
+
+
+def _refuse_id_overlap(root: str, found: dict[str, list[tuple[str, str, str]]]) -> None:
+    """Raise when an identity folder name of ``train/`` also appears in ``query/`` or ``gallery/``."""
+    train = {ident for _, ident, _ in found["train"]}
+    test = {ident for split in ("query", "gallery") for _, ident, _ in found[split]} - {DISTRACTOR_FOLDER}
+    shared = sorted(train & test)
+    if shared:
+        shown = ", ".join(shared[:10]) + (f" ... ({len(shared)} in all)" if len(shared) > 10 else "")
+        raise DatasetError(
+            f"{root}: identity folder(s) {shown} appear in train/ and in query/ or gallery/: the test would "
+            f"measure people the model was trained on (a data leak). Move these identities out of train/ "
+            f"(or out of the test splits), or set data.allow_id_overlap=true if the overlap is intended "
+            f"(see docs/DATASETS.md)")
 
 
 # -- statistics ----------------------------------------------------------------------------------------
 def split_statistics(samples: list[Sample]) -> dict[str, int]:
-    """``{"ids", "images", "cameras"}`` of one split; distractors (pid 0) count as one identity."""
-    return {"ids": len({s.pid for s in samples}), "images": len(samples), "cameras": len({s.camid for s in samples})}
+    """``{"ids", "images", "cameras"}`` of one split; distractors (pid 0) count as one identity, and data
+    without camera ids (camid -1) has 0 cameras."""
+    return {"ids": len({s.pid for s in samples}), "images": len(samples),
+            "cameras": len({s.camid for s in samples} - {NO_CAMERA})}
 
 
 def statistics(splits: DatasetSplits) -> dict[str, dict[str, int]]:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from reid.atomic import atomic_target
+from reid.data.pack import file_stamp
 from reid.data.transforms import resize_uint8
 from reid.errors import CorruptImageError, ReidError
 
@@ -177,8 +178,7 @@ def _cache_key(paths: list[str], labels: Sequence[int], size: tuple[int, int], p
     digest = hashlib.sha256(f"v{CACHE_VERSION}|{size[0]}x{size[1]}|{policy}".encode())
     for path, label in zip(paths, labels):
         try:
-            st = os.stat(path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            stamp = file_stamp(path)
         except OSError:
             stamp = "missing"
         digest.update(f"\n{path}|{int(label)}|{stamp}".encode())

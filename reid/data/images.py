@@ -35,11 +35,17 @@ def decode_image(path: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
+    from reid.data.pack import image_source, is_pack_path
+
     path = str(path)
-    if not os.path.isfile(path):
+    if not is_pack_path(path) and not os.path.isfile(path):
         raise CorruptImageError(f"{path}: image file not found (was the dataset moved? rerun `reid prepare`)")
     try:
-        with Image.open(path) as img:
+        source = image_source(path)  # the path itself, or the bytes of a pack member (reid/data/pack.py)
+    except DatasetError as exc:
+        raise CorruptImageError(f"{path}: {exc}") from None
+    try:
+        with Image.open(source) as img:
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             array = np.array(rgb)  # forces the full decode; a writable copy the tensor can own
     except Exception as exc:  # noqa: BLE001 - any decoder failure means "not an image we can read"

@@ -18,10 +18,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from reid.atomic import write_text_atomic
 from reid.data.datasets import statistics
+from reid.data.pack import stored_size
 from reid.data.samples import SPLIT_NAMES, DatasetSplits, Sample
 from reid.errors import DatasetError
 
@@ -44,6 +47,12 @@ class Manifest(BaseModel):
     num_classes: int
     content_hash: str
     statistics: dict[str, dict[str, int]]
+    # Added after version 1 with defaults, so older manifests load unchanged (and keep their hash):
+    # False for data without (usable) camera ids, e.g. VehicleID (camid -1) or joint training with such a
+    # source: evaluation then drops the same-camera rule. And the
+    # protocol that scores query/gallery ("vehicleid": re-drawn galleries, see reid.evaluation.protocols).
+    has_cameras: bool = True
+    protocol: Literal["standard", "vehicleid"] = "standard"
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -66,7 +75,8 @@ class Manifest(BaseModel):
     def splits(self) -> DatasetSplits:
         """The manifest's samples as :class:`DatasetSplits` (for tables and tools that take splits)."""
         return DatasetSplits(name=self.name, train=list(self.train), query=list(self.query),
-                             gallery=list(self.gallery), format=self.format, root=self.root)
+                             gallery=list(self.gallery), format=self.format, root=self.root,
+                             has_cameras=self.has_cameras, protocol=self.protocol)
 
 
 def train_label_map(train: list[Sample]) -> dict[int, int]:
@@ -87,9 +97,9 @@ def content_hash(splits: DatasetSplits, root: str) -> str:
         digest.update(f"[{split}]\n".encode())
         for sample in splits.split(split):
             try:
-                size = os.stat(sample.path).st_size
+                size = stored_size(sample.path)  # a file's size, or a pack member's
             except OSError as exc:
-                raise DatasetError(f"{sample.path}: cannot read the file's size ({exc.strerror}); "
+                raise DatasetError(f"{sample.path}: cannot read the file's size ({exc.strerror or exc}); "
                                    f"was the dataset changed while it was being read?") from None
             rel = Path(os.path.relpath(sample.path, root)).as_posix()
             digest.update(f"{rel}\t{size}\t{sample.pid}\t{sample.camid}\n".encode())
@@ -113,7 +123,8 @@ def build_manifest(splits: DatasetSplits, format: str | None = None, root: Path 
     labels = train_labels_for(splits.train)
     return Manifest(format=fmt, root=root_str, name=splits.name, train=list(splits.train), query=list(splits.query),
                     gallery=list(splits.gallery), train_labels=labels, num_classes=len(set(labels)),
-                    content_hash=content_hash(splits, root_str), statistics=statistics(splits))
+                    content_hash=content_hash(splits, root_str), statistics=statistics(splits),
+                    has_cameras=splits.has_cameras, protocol=splits.protocol)
 
 
 def write_manifest(manifest: Manifest, path: Path | str) -> Path:
@@ -121,11 +132,17 @@ def write_manifest(manifest: Manifest, path: Path | str) -> Path:
     return write_text_atomic(path, manifest.model_dump_json(indent=1) + "\n")
 
 
-def load_manifest(path: Path | str) -> Manifest:
-    """Read a manifest written by ``reid prepare``; a missing or malformed file is a :class:`DatasetError`."""
+def load_manifest(path: Path | str, params: Path | str | None = None, variant: str | None = None) -> Manifest:
+    """Read a manifest written by ``reid prepare``; a missing or malformed file is a :class:`DatasetError`.
+
+    ``params`` / ``variant``: the parameter file the caller was given, so that the hint for a missing
+    manifest is the command that writes *this* manifest.
+    """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"manifest {path} not found: run `reid prepare --params params.yaml` first "
+        again = f"reid prepare --params {params if params is not None else 'params.yaml'}"
+        again += f" --variant {variant}" if variant else ""
+        raise DatasetError(f"manifest {path} not found: run `{again}` first "
                            f"(it reads data.root and writes data.manifest)")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
