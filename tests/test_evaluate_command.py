@@ -231,10 +231,10 @@ def test_command_with_stand_ins(split, tmp_path: Path, monkeypatch: pytest.Monke
 
     stand_in(monkeypatch, "reid.models.inference", load_inference_model=load_inference_model)
     stand_in(monkeypatch, "reid.data.manifest",
-             load_manifest=lambda path: types.SimpleNamespace(query=query, gallery=gallery))
+             load_manifest=lambda path, *_: types.SimpleNamespace(query=query, gallery=gallery))
     stand_in(monkeypatch, "reid.data.loaders", build_test_loader=pixel_loader())
 
-    ckpt = tmp_path / "models" / "r18" / "best.pt"
+    ckpt = tmp_path / "pipeline" / "models" / "r18" / "best.pt"  # a pipeline checkpoint: its folder names it
     ckpt.parent.mkdir(parents=True)
     torch.save({"format": "reid-checkpoint-v1", "mlflow_run_id": "abc123"}, ckpt)
     params = tmp_path / "params.yaml"
@@ -246,13 +246,15 @@ def test_command_with_stand_ins(split, tmp_path: Path, monkeypatch: pytest.Monke
         "train": {"device": "cpu"},
         "tracking": {"uri": "sqlite:///mlflow.db", "artifact_root": "mlruns", "experiment": "evals"},
     }))
-    monkeypatch.chdir(tmp_path)  # the default output folder is relative: pipeline/eval/<name>
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative: pipeline/eval/<name>/rerank
     result = CliRunner().invoke(_cli(), [str(ckpt), "--params", str(params), "--no-flip", "--rerank",
                                          "-o", "eval.rerank_k1=4", "-o", "eval.rerank_k2=2"])
     assert result.exit_code == 0, result.output
     assert loaded == [(ckpt, torch.device("cpu"))]
     assert "data.height" in result.output  # the note: the checkpoint's 32, not 256 from the params
-    out = tmp_path / "pipeline" / "eval" / "r18"
+    # Re-ranked: a measurement of its own, never the pipeline's pipeline/eval/r18/metrics.json.
+    out = tmp_path / "pipeline" / "eval" / "r18" / "rerank"
+    assert not (out.parent / "metrics.json").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rerank"] is True and metrics["flip"] is False and metrics["model"] == "r18"
     assert metrics["num_queries"] == len(query) and "rank10" in metrics
@@ -266,13 +268,179 @@ def test_command_with_stand_ins(split, tmp_path: Path, monkeypatch: pytest.Monke
     assert exp.artifact_location.startswith((tmp_path / "mlruns").resolve().as_uri())
     runs = client.search_runs([exp.experiment_id])
     # The training run "abc123" is not in this store: the evaluation gets a run of its own.
-    assert [r.info.run_name for r in runs] == ["evaluate-r18"]
+    assert [r.info.run_name for r in runs] == ["evaluate-r18-rerank"]
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.data.metrics["eval/mAP"] == pytest.approx(metrics["mAP"])
+    assert run.info.status == "FINISHED" and run.data.metrics["eval_rerank/mAP"] == pytest.approx(metrics["mAP"])
+    assert "eval/mAP" not in run.data.metrics
     assert run.data.tags["reid.trained_by_run"] == "abc123" and run.data.tags["variant"] == "r18"
     assert run.data.params["eval.rerank"] == "True" and run.data.params["model.backbone"] == "resnet18"
-    names = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/metrics.json", "evaluation/cmc.png", "evaluation/ranked_lists.png"} <= names
+    names = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation_rerank")}
+    assert {"evaluation_rerank/metrics.json", "evaluation_rerank/cmc.png", "evaluation_rerank/ranked_lists.png"} <= names
+
+
+def _stand_ins(monkeypatch: pytest.MonkeyPatch, split, manifests: dict[str, types.SimpleNamespace]) -> list[str]:
+    """Model loader, manifest reader and test loader stand-ins; ``manifests`` maps a manifest path to what
+    ``load_manifest`` returns (query, gallery, name, format, content_hash). Returns the paths read."""
+    query, gallery = split
+    ckpt_config = validate({"model": {"backbone": "resnet18", "pretrained": "none"}, "data": {"height": 32, "width": 16}})
+    read: list[str] = []
+
+    def load_inference_model(path, device):
+        torch.manual_seed(0)
+        return _PixelNet().to(device), ckpt_config
+
+    def load_manifest(path, *_):
+        read.append(str(path))
+        return types.SimpleNamespace(query=query, gallery=gallery, **vars(manifests[str(path)]))
+
+    stand_in(monkeypatch, "reid.models.inference", load_inference_model=load_inference_model)
+    stand_in(monkeypatch, "reid.data.manifest", load_manifest=load_manifest)
+    stand_in(monkeypatch, "reid.data.loaders", build_test_loader=pixel_loader())
+    return read
+
+
+def _eval_params(tmp_path: Path, **evaluate) -> Path:
+    import yaml
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "data": {"manifest": "pipeline/data/manifest.json"},
+        "eval": {"num_ranked_lists": 0, "max_rank": 10},
+        "train": {"device": "cpu"},
+        "tracking": {"uri": "sqlite:///mlflow.db", "artifact_root": "mlruns", "experiment": "evals"},
+        "evaluate": {"output_dir": "pipeline/eval", **evaluate},
+    }))
+    return params
+
+
+def test_other_data_and_rerank_never_overwrite_the_models_own_evaluation(
+        split, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 items 1 and 13: an evaluation on another dataset (its manifest hash differs from the
+    checkpoint's data_hash) or a re-ranked one is recorded under names of its own, in the files and in
+    the training run, with the evaluated dataset recorded."""
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    own = types.SimpleNamespace(name="market", format="market1501", content_hash="a" * 64)
+    other = types.SimpleNamespace(name="Other.Set", format="folder", content_hash="b" * 64)
+    _stand_ins(monkeypatch, split, {"pipeline/data/manifest.json": own, "other/manifest.json": other})
+    params = _eval_params(tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("evals", artifact_location=(tmp_path / "mlruns").as_uri())
+    training = client.create_run(exp, run_name="train-baseline", tags={"variant": "baseline"}).info.run_id
+    ckpt = tmp_path / "pipeline" / "models" / "baseline" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"mlflow_run_id": training, "data_hash": own.content_hash}, ckpt)
+    app = _cli()
+
+    first = CliRunner().invoke(app, [str(ckpt), "--params", str(params)])
+    assert first.exit_code == 0, first.output
+    own_file = tmp_path / "pipeline" / "eval" / "baseline" / "metrics.json"
+    own_metrics = json.loads(own_file.read_text())
+    assert own_metrics["target"] is None and own_metrics["dataset_hash"] == own.content_hash
+    own_bytes = own_file.read_bytes()
+    logged = client.get_run(training).data
+    assert logged.metrics["eval/mAP"] == pytest.approx(own_metrics["mAP"])
+    assert logged.tags["eval/dataset"] == "market" and logged.tags["eval/dataset_hash"] == own.content_hash
+
+    # Another dataset: detected from the hash, recorded as target "Other_Set".
+    cross = CliRunner().invoke(app, [str(ckpt), "--params", str(params), "--manifest", "other/manifest.json",
+                                     "-o", "eval.max_rank=5"])
+    assert cross.exit_code == 0, cross.output
+    assert "not the data" in cross.output
+    cross_file = tmp_path / "pipeline" / "eval" / "baseline" / "targets" / "Other_Set" / "metrics.json"
+    cross_metrics = json.loads(cross_file.read_text())
+    assert cross_metrics["target"] == "Other_Set" and cross_metrics["dataset_format"] == "folder"
+    assert cross_metrics["dataset_hash"] == other.content_hash and cross_metrics["trained_on_hash"] == own.content_hash
+    assert cross_metrics["manifest"] == "other/manifest.json"
+    # Re-ranked on the own data: its own names too.
+    rr = CliRunner().invoke(app, [str(ckpt), "--params", str(params), "--rerank", "-o", "eval.rerank_k1=4",
+                                  "-o", "eval.rerank_k2=2"])
+    assert rr.exit_code == 0, rr.output
+    assert json.loads((own_file.parent / "rerank" / "metrics.json").read_text())["rerank"] is True
+
+    assert own_file.read_bytes() == own_bytes  # the model's own file is untouched
+    logged = client.get_run(training).data
+    assert logged.metrics["eval/mAP"] == pytest.approx(own_metrics["mAP"])
+    assert logged.metrics["eval/rank5"] == pytest.approx(own_metrics["rank5"])
+    assert "eval/Other_Set/mAP" in logged.metrics and "eval_rerank/mAP" in logged.metrics
+    assert logged.tags["eval/dataset_hash"] == own.content_hash
+    assert logged.tags["eval/Other_Set/dataset_hash"] == other.content_hash
+    assert logged.tags["eval/Other_Set/dataset_format"] == "folder"
+    assert logged.tags["eval_rerank/rerank"] == "true" and logged.tags["eval/rerank"] == "false"
+    artifacts = {f.path for f in client.list_artifacts(training, "evaluation")}
+    assert "evaluation/metrics.json" in artifacts and "evaluation/Other_Set" in artifacts
+    assert len(client.search_runs([exp])) == 1  # all of it in the training run
+
+
+def test_target_option_reads_the_targets_manifest_and_protocol(split, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    target = types.SimpleNamespace(name="domain-b", format="market1501", content_hash="c" * 64)
+    read = _stand_ins(monkeypatch, split, {"pipeline/data/targets/tb.json": target})
+    params = _eval_params(tmp_path, targets=[{"name": "tb", "format": "market1501", "root": "data/b",
+                                              "eval": {"cross_camera": False}}])
+    import yaml
+
+    tree = yaml.safe_load(params.read_text())
+    tree["tracking"]["enabled"] = False
+    params.write_text(yaml.safe_dump(tree))
+    ckpt = tmp_path / "pipeline" / "models" / "baseline" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"data_hash": "c" * 64}, ckpt)  # even on the training data, --target names the result
+    result = CliRunner().invoke(_cli(), [str(ckpt), "--params", str(params), "--target", "tb"])
+    assert result.exit_code == 0, result.output
+    assert read == ["pipeline/data/targets/tb.json"]
+    metrics = json.loads((tmp_path / "pipeline/eval/baseline/targets/tb/metrics.json").read_text())
+    assert metrics["target"] == "tb" and metrics["dataset"] == "domain-b"
+    # cross_camera=false (the target's protocol): same-camera matches count, so no query is skipped
+    assert metrics["num_skipped_queries"] == 0
+    unknown = CliRunner().invoke(_cli(), [str(ckpt), "--params", str(params), "--target", "nope"])
+    assert unknown.exit_code == 2 and "'nope'" in unknown.output and "tb" in unknown.output
+
+
+def test_default_output_honours_evaluate_output_dir_and_is_unique_per_checkpoint(
+        split, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 4: evaluate.output_dir is honoured, and two checkpoints in folders with the same
+    name get different default folders."""
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    own = types.SimpleNamespace(name="market", format="market1501", content_hash="a" * 64)
+    _stand_ins(monkeypatch, split, {"pipeline/data/manifest.json": own})
+    params = _eval_params(tmp_path, output_dir="results/evals")
+    import yaml
+
+    tree = yaml.safe_load(params.read_text())
+    tree["tracking"]["enabled"] = False
+    params.write_text(yaml.safe_dump(tree))
+    written = []
+    for run in ("run_a", "run_b"):
+        ckpt = tmp_path / run / "baseline" / "best.pt"
+        ckpt.parent.mkdir(parents=True)
+        torch.save({"data_hash": own.content_hash}, ckpt)
+        result = CliRunner().invoke(_cli(), [str(ckpt), "--params", str(params)])
+        assert result.exit_code == 0, result.output
+        found = sorted((tmp_path / "results" / "evals").glob("*/metrics.json"))
+        written.append(found)
+    assert len(written[0]) == 1 and len(written[1]) == 2
+    assert all(p.parent.name.startswith("baseline-") for p in written[1])
+    assert not (tmp_path / "pipeline" / "eval").exists()
+
+
+def test_evaluate_help_names_the_reranking_keys() -> None:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_cli(), ["--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for key in ("eval.rerank_k1", "eval.rerank_k2", "eval.rerank_lambda", "eval.rerank_max_memory_gb", "-o", "--target",
+                "evaluate.output_dir"):
+        assert key in text, key
 
 
 # ---------------------------------------------------------------------------------------------------

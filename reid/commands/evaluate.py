@@ -10,11 +10,15 @@ Where each setting comes from, and why:
   one protocol (dvc.yaml's ``evaluate`` stage depends on ``data`` and ``eval``). Without a params file
   the checkpoint's own configuration is used.
 
-Writes ``metrics.json`` (fractions in [0, 1]), ``cmc.csv``/``cmc.png`` and ``ranked_lists.png`` to
-``--output`` (default ``pipeline/eval/<name>``), and, when ``tracking.enabled``, logs the metrics as
-``eval/*`` into the MLflow run that trained the checkpoint (see :func:`log_evaluation_run`; relative
-tracking paths are anchored like the trainer's: ``DVC_ROOT`` inside a DVC stage, else the folder of
-the params file, else the working directory).
+Writes ``metrics.json`` (fractions in [0, 1], plus which dataset was evaluated: name, format, content
+hash, manifest), ``cmc.csv``/``cmc.png`` and ``ranked_lists.png`` to ``--output`` (default
+``<evaluate.output_dir>/<name>``, where ``<name>`` is unique per checkpoint), and, when
+``tracking.enabled``, logs the metrics as ``eval/*`` into the MLflow run that trained the checkpoint.
+An evaluation on other data (``--target``, or a manifest whose content hash differs from the
+checkpoint's ``data_hash``) or a re-ranked one is a different measurement and is recorded under its
+own names (:mod:`reid.evaluation.naming`), never over the model's own results (see :func:`log_evaluation_run`; relative
+tracking paths are anchored like the trainer's: ``DVC_ROOT`` inside a DVC stage, else the working
+directory).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from reid.commands._common import clean_errors, config_from_cli
 
 if TYPE_CHECKING:
     from reid.config import Config
+    from reid.evaluation.naming import EvaluationNames
 
 # Data settings that belong to the trained model rather than to the evaluation.
 MODEL_DATA_KEYS = ("height", "width", "mean", "std")
@@ -74,7 +79,7 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 
 def log_evaluation_run(
     config: "Config", name: str, trained_by: str | None, checkpoint: Path, result: Any, artifacts: list[Path],
-    base: Path | None = None,
+    base: Path | None = None, names: "EvaluationNames | None" = None, dataset: dict[str, str] | None = None,
 ) -> tuple[str | None, bool]:
     """Record the evaluation in MLflow; returns ``(run id, whether it is the training run)``.
 
@@ -82,7 +87,10 @@ def log_evaluation_run(
     with the pictures and metrics.json under ``evaluation/``: one model is then one row in the MLflow
     UI, holding its parameters, its training curves and the evaluation of its best checkpoint, which is
     what a side-by-side comparison of runs needs. The ``eval/`` prefix keeps these apart from the
-    trainer's per-epoch ``mAP`` (evaluated on the last weights, not the best ones).
+    trainer's per-epoch ``mAP`` (evaluated on the last weights, not the best ones). An evaluation on
+    another dataset or a re-ranked one uses the names of ``names`` (``eval/<target>/``,
+    ``eval_rerank/``; see :mod:`reid.evaluation.naming`), so it never overwrites the model's own
+    ``eval/*``; ``dataset`` (name, format, hash, manifest) is recorded as tags under the same prefix.
 
     When that run is not in this store (the checkpoint came from elsewhere, or the store was reset)
     the evaluation gets its own run ``evaluate-<name>``, tagged ``variant=<name>`` and with the
@@ -96,9 +104,14 @@ def log_evaluation_run(
     from reid.evaluation.runner import log_to_mlflow
     from reid.tracking import Tracker
 
+    from reid.evaluation.naming import EvaluationNames
+
+    names = names or EvaluationNames()
+    prefix, artifact_path = names.metric_prefix, names.artifact_path
     tracker = Tracker(config.tracking, base=base)
     tracker.check()
-    flags = {"eval/flip": str(bool(config.eval.flip)).lower(), "eval/checkpoint": str(checkpoint.resolve())}
+    flags = {f"{prefix}flip": str(bool(config.eval.flip)).lower(), f"{prefix}checkpoint": str(checkpoint.resolve()),
+             **{f"{prefix}{key}": value for key, value in (dataset or {}).items()}}
     if trained_by:
         client = MlflowClient(tracking_uri=tracker.uri)
         try:
@@ -106,16 +119,19 @@ def log_evaluation_run(
         except MlflowException:
             pass  # not in this store: fall through to a run of its own
         else:
-            log_to_mlflow(result, artifacts, run_id=trained_by, prefix="eval/", tracking_uri=tracker.uri)
+            log_to_mlflow(result, artifacts, run_id=trained_by, prefix=prefix, tracking_uri=tracker.uri,
+                          artifact_path=artifact_path)
             for key, value in flags.items():
                 client.set_tag(trained_by, key, value)
             return trained_by, True
     tags = {"reid.command": "evaluate", "variant": name, "reid.checkpoint": str(checkpoint.resolve()), **flags}
     if trained_by:
         tags["reid.trained_by_run"] = trained_by
-    with tracker.start(run_name=f"evaluate-{name}", tags=tags):
+    run_name = f"evaluate-{name}" + (f"-{names.target}" if names.target else "") + ("-rerank" if names.rerank else "")
+    with tracker.start(run_name=run_name, tags=tags):
         tracker.log_params({k: v for k, v in config.flat().items() if k.startswith(("eval.", "model."))})
-        log_to_mlflow(result, artifacts, run_id=tracker.run_id, prefix="eval/", tracking_uri=tracker.uri)
+        log_to_mlflow(result, artifacts, run_id=tracker.run_id, prefix=prefix, tracking_uri=tracker.uri,
+                      artifact_path=artifact_path)
     return tracker.run_id, False
 
 
@@ -126,11 +142,21 @@ def command(
     ] = Path("params.yaml"),
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant of params.yaml to merge; also names the output.")] = None,
     override: Annotated[
-        Optional[list[str]], typer.Option("--override", "-o", help="key=value override, repeatable (e.g. -o eval.rerank=true).")
+        Optional[list[str]], typer.Option("--override", "-o", help="key=value override, repeatable (e.g. -o eval.max_rank=20, "
+                                          "-o eval.rerank_k1=20).")
     ] = None,
-    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest with the query/gallery split (default: data.manifest).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Folder for metrics.json and pictures (default: pipeline/eval/<name>).")] = None,
-    rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking (default: eval.rerank).")] = None,
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest with the query/gallery split (default: data.manifest, "
+                                                     "or the target's manifest with --target).")] = None,
+    target: Annotated[
+        Optional[str], typer.Option("--target", help="Evaluate on the cross-domain target NAME of evaluate.targets (its manifest and "
+                                    "eval options); recorded as eval/NAME/* and <name>/targets/NAME, never as the model's own eval/*.")
+    ] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Folder for metrics.json and pictures (default: <evaluate.output_dir>/"
+                                                   "<name>, + /targets/<target> on other data, + /rerank when re-ranked).")] = None,
+    rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking (default: eval.rerank), tuned with "
+                                                   "-o eval.rerank_k1=20 -o eval.rerank_k2=6 -o eval.rerank_lambda=0.3 "
+                                                   "-o eval.rerank_max_memory_gb=8; recorded as its own measurement "
+                                                   "(eval_rerank/*, <name>/rerank).")] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Add the features of mirrored images (default: eval.flip).")] = None,
     mlflow_run_id: Annotated[
         Optional[str], typer.Option("--mlflow-run-id", help="Log into this MLflow run (default: the run that trained the checkpoint).")
@@ -145,7 +171,18 @@ def command(
             if params != Path("params.yaml") or variant:
                 raise ConfigError(f"parameter file {params} does not exist")
             params_path = None  # no project params: evaluate with the checkpoint's own configuration
-        overrides = list(override or [])
+        from reid.config import read_params
+        from reid.targets import find_target, parse_targets
+
+        # Pipeline keys of the params file: where evaluations go, and the cross-domain targets.
+        section = (read_params(params_path).get("evaluate") or {}) if params_path is not None else {}
+        output_base = Path(section.get("output_dir") or "pipeline/eval")
+        target_settings = None
+        if target is not None:
+            if params_path is None:
+                raise ConfigError(f"--target {target} needs a params file declaring evaluate.targets (--params PATH)")
+            target_settings = find_target(parse_targets(section.get("targets"), str(params_path)), target, str(params_path))
+        overrides = (target_settings.eval_overrides() if target_settings else []) + list(override or [])
         if rerank is not None:
             overrides.append(f"eval.rerank={str(rerank).lower()}")
         if flip is not None:
@@ -166,7 +203,7 @@ def command(
             typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
 
         # Relative tracking paths are anchored like `reid train` and `reid ui` anchor them.
-        from reid.commands.ui import project_base
+        from reid.commands._common import project_base
 
         base = project_base(params_path) if params_path is not None else None
         if config.tracking.enabled:  # fail before a long evaluation, not after it
@@ -174,22 +211,46 @@ def command(
 
             Tracker(config.tracking, base=base).check()
 
+        from reid.compare import MODELS_DIR
+        from reid.engine.checkpoint import read_entry
+        from reid.evaluation.naming import EvaluationNames, cross_domain_target, output_name
+
         name = model_name(checkpoint, variant)
-        out_dir = output if output is not None else Path("pipeline/eval") / name
-        manifest_path = manifest if manifest is not None else config.data.manifest
-        split = load_manifest(manifest_path)
+        if manifest is not None:
+            manifest_path = manifest
+        elif target_settings is not None:
+            manifest_path = target_settings.manifest_for(config.data.manifest)
+        else:
+            manifest_path = config.data.manifest
+        split = load_manifest(manifest_path, params_path, variant)
+        # Which data this is, and whether it is the data the checkpoint was trained on.
+        trained_on = read_entry(checkpoint, "data_hash")
+        data_hash = getattr(split, "content_hash", None)
+        dataset_name = getattr(split, "name", "") or Path(manifest_path).stem
+        target_name = cross_domain_target(target, trained_on, data_hash, dataset_name)
+        if target_name and target is None:
+            typer.secho(f"note: {manifest_path} is not the data {checkpoint} was trained on (content hash "
+                        f"{str(data_hash)[:12]}, trained on {str(trained_on)[:12]}): recording it as target "
+                        f"{target_name!r}, not as the model's own evaluation", fg=typer.colors.YELLOW, err=True)
+        names = EvaluationNames(target_name, bool(config.eval.rerank))
+        out_dir = output if output is not None else names.output_dir(output_base, output_name(checkpoint, variant, MODELS_DIR))
+        dataset = {"dataset": dataset_name, "dataset_format": str(getattr(split, "format", "") or ""),
+                   "dataset_hash": str(data_hash or ""), "manifest": str(manifest_path)}
 
         typer.echo(f"evaluating {checkpoint} ({config.model.backbone}) on {len(split.query)} query / "
                    f"{len(split.gallery)} gallery images, device {device}")
         result = evaluate_model(model, split, config, device)
-        extra = {"flip": bool(config.eval.flip), "checkpoint": str(checkpoint), "model": name}
-        paths = write_outputs(result, out_dir, extra=extra, title=name)
+        extra = {"flip": bool(config.eval.flip), "checkpoint": str(checkpoint), "model": name, "target": target_name,
+                 **dataset, "trained_on_hash": str(trained_on or "")}
+        paths = write_outputs(result, out_dir, extra=extra, title=name if target_name is None else f"{name} on {target_name}")
         typer.echo(result.summary())
+        if result.skipped_report():
+            typer.secho(result.skipped_report(), fg=typer.colors.YELLOW, err=True)
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
         if config.tracking.enabled:
             trained_by = mlflow_run_id or checkpoint_run_id(checkpoint)
             run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result, list(paths.values()),
-                                                          base=base)
-            where = "the run that trained it" if is_training_run else f"a new run evaluate-{name}"
-            typer.echo(f"MLflow: eval/* metrics logged to {where} ({run_id})")
+                                                          base=base, names=names, dataset=dataset)
+            where = "the run that trained it" if is_training_run else "a run of its own"
+            typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

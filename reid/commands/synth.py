@@ -25,6 +25,8 @@ def command(
     height: Annotated[int, typer.Option("--height", min=16, help="Image height in pixels.")] = 128,
     width: Annotated[int, typer.Option("--width", min=8, help="Image width in pixels.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same files.")] = 0,
+    domain: Annotated[int, typer.Option("--domain", min=0, help="0: the default dataset; 1, 2, ...: other people seen by "
+                                        "cameras of another style (a cross-domain target).")] = 0,
 ) -> None:
     """Generate a synthetic re-identification dataset in the Market-1501 layout."""
     with clean_errors():
@@ -34,7 +36,7 @@ def command(
         started = time.perf_counter()
         root = generate_synthetic(output, num_train_ids=num_train_ids, num_test_ids=num_test_ids,
                                   num_cameras=cameras, images_per_id=images_per_id, height=height, width=width,
-                                  seed=seed)
+                                  seed=seed, domain=domain)
         elapsed = time.perf_counter() - started
         splits = read_dataset("market1501", root)
         typer.echo(statistics_table(splits))

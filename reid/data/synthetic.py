@@ -20,6 +20,12 @@ Files follow Market-1501 exactly (``PPPP_cCsS_FFFFFF_BB.jpg`` in ``bounding_box_
 every image) and a few ``-1`` junk crops (mostly background) in the gallery, so the same reader and
 evaluation protocol apply. Every query identity has gallery images on another camera.
 
+A **domain** (``domain=1, 2, ...``; ``reid synth --domain N``) is a second dataset from the same
+generator with other people and another camera style: a domain-wide colour cast, tint and brightness
+of the background scenes, more noise and more low-resolution cameras. Training on domain 0 and
+testing on domain 1 is a small cross-domain (train on A, test on B) setting; domain 0 is the default
+dataset, unchanged.
+
 Everything is drawn from ``numpy.random.default_rng`` streams derived from ``seed`` and rendered
 with vectorised numpy in chunks, so one seed gives byte-identical files, and the default size
 (200 identities x 12 images) takes a few seconds on one CPU core.
@@ -128,6 +134,22 @@ def _cameras(rng: np.random.Generator, n: int, height: int, width: int) -> dict[
         "noise": rng.uniform(3.0, 9.0, n).astype(np.float32),
         "lowres": rng.random(n) < 0.3,
     }
+
+
+def _domain_style(cams: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The cameras of another domain: one style shared by all of them, on top of their own differences."""
+    n = len(cams["scale"])
+    tint = rng.uniform(0.65, 1.35, 3).astype(np.float32)
+    cast = rng.uniform(0.75, 1.25, 3).astype(np.float32)
+    out = dict(cams)
+    out["scene"] = np.clip(cams["scene"] * tint + rng.uniform(-35, 35), 0, 255).astype(np.float32)
+    gain = cams["gain"] * cast
+    out["gain"] = (gain / gain.mean(axis=1, keepdims=True)).astype(np.float32)
+    out["brightness"] = (cams["brightness"] * rng.uniform(0.75, 1.15)).astype(np.float32)
+    out["contrast"] = (cams["contrast"] * rng.uniform(0.8, 1.1)).astype(np.float32)
+    out["noise"] = (cams["noise"] + rng.uniform(2.0, 6.0)).astype(np.float32)
+    out["lowres"] = cams["lowres"] | (rng.random(n) < 0.4)
+    return out
 
 
 # -- splits --------------------------------------------------------------------------------------------
@@ -370,7 +392,7 @@ def _prepare_root(root: Path) -> None:
 
 
 def _readme(num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_id: int, height: int, width: int,
-            seed: int, counts: dict[str, int]) -> str:
+            seed: int, counts: dict[str, int], domain: int = 0) -> str:
     return (
         f"{README_MARKER}.\n\n"
         "These images are drawn by reid.data.synthetic: cartoon people with random clothing, body shape and\n"
@@ -380,17 +402,20 @@ def _readme(num_train_ids: int, num_test_ids: int, num_cameras: int, images_per_
         "Layout: Market-1501 (bounding_box_train/, query/, bounding_box_test/; PPPP_cCsS_FFFFFF_BB.jpg;\n"
         "0000 = distractors, -1 = junk, both in bounding_box_test/).\n\n"
         f"Parameters: num_train_ids={num_train_ids} num_test_ids={num_test_ids} num_cameras={num_cameras} "
-        f"images_per_id={images_per_id} height={height} width={width} seed={seed}\n"
+        f"images_per_id={images_per_id} height={height} width={width} seed={seed}"
+        + (f" domain={domain}" if domain else "") + "\n"
         f"Files: {counts['bounding_box_train']} train, {counts['query']} query, {counts['bounding_box_test']} gallery "
         "(including distractors and junk)\n"
     )
 
 
 def generate_synthetic(root: Path, num_train_ids: int = 100, num_test_ids: int = 100, num_cameras: int = 6,
-                       images_per_id: int = 12, height: int = 128, width: int = 64, seed: int = 0) -> Path:
+                       images_per_id: int = 12, height: int = 128, width: int = 64, seed: int = 0,
+                       domain: int = 0) -> Path:
     """Write a synthetic Market-1501-format dataset under ``root`` and return ``root``.
 
-    The same arguments always give byte-identical files. ``root`` must be new, empty, or a previous
+    ``domain`` > 0 draws other people seen by cameras of another style (see the module docstring);
+    domain 0 is the default dataset. The same arguments always give byte-identical files. ``root`` must be new, empty, or a previous
     output of this function (whose split folders are then replaced).
     """
     from PIL import Image
@@ -406,27 +431,34 @@ def generate_synthetic(root: Path, num_train_ids: int = 100, num_test_ids: int =
         problems.append("images_per_id must be >= 2 (a query and a gallery image)")
     if height < 16 or width < 8:
         problems.append("height must be >= 16 and width >= 8 pixels")
+    if domain < 0:
+        problems.append("domain must be >= 0 (0 is the default dataset)")
     if problems:
         raise ReidError("cannot generate the synthetic dataset: " + "; ".join(problems))
 
     root = Path(root)
     _prepare_root(root)
-    rng = np.random.default_rng([seed, 0])
+    # Domain 0 keeps the streams it always had (same files as before domains existed); another domain
+    # gets streams of its own, so its people differ too: a cross-domain test must not share identities.
+    stream = [seed] if domain == 0 else [seed, 1000 + domain]
+    rng = np.random.default_rng([*stream, 0])
     records, num_people = _plan(rng, num_train_ids, num_test_ids, num_cameras, images_per_id)
     people = _people(rng, num_people)
     cams = _cameras(rng, num_cameras, height, width)
+    if domain:
+        cams = _domain_style(cams, np.random.default_rng([*stream, 2]))
     names = _names(rng, records)
     for folder in SPLIT_FOLDERS:
         (root / folder).mkdir(parents=True, exist_ok=True)
     # The README goes first: it marks the folder as ours even if this run is interrupted.
     counts = {f: sum(r.folder == f for r in records) for f in SPLIT_FOLDERS}
     (root / "README.txt").write_text(_readme(num_train_ids, num_test_ids, num_cameras, images_per_id, height, width,
-                                             seed, counts))
+                                             seed, counts, domain))
 
     chunk = max(16, 1_000_000 // (height * width))  # bounds memory to ~100 MB whatever the image size
     for index, start in enumerate(range(0, len(records), chunk)):
         part = records[start:start + chunk]
-        pixels = _render(part, people, cams, np.random.default_rng([seed, 1, index]), height, width)
+        pixels = _render(part, people, cams, np.random.default_rng([*stream, 1, index]), height, width)
         for rec, name, array in zip(part, names[start:start + chunk], pixels):
             Image.fromarray(array).save(os.path.join(root, rec.folder, name), format="JPEG", quality=92)
     return root
