@@ -55,6 +55,14 @@ def test_hand_case_trapezoidal_ap() -> None:
     assert res.rank(1) == pytest.approx(0.5) and res.mINP == pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("variant", ["standard", "trapezoidal"])
+def test_both_ap_variants_are_reported_from_the_same_ranking(variant) -> None:
+    # Hand values above: standard (0.5 + 1) / 2 = 0.75, trapezoidal (1/3 + 1) / 2 = 2/3, whichever is `mAP`.
+    out = evaluate_distances(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, ap_variant=variant).to_dict()
+    assert out["mAP_standard"] == pytest.approx(0.75) and out["mAP_trapezoidal"] == pytest.approx(2 / 3)
+    assert out["mAP"] == out[f"mAP_{variant}"] and out["ap_variant"] == variant
+
+
 def test_hand_case_without_cross_camera_filter() -> None:
     res = evaluate_distances(DIST, Q_PIDS, G_PIDS, Q_CAMS, G_CAMS, cross_camera=False, ranks=[1, 3])
     # q0: g0 now relevant; ranking g0 g1 g2 g3 g4 g5, relevant at 1, 3, 5:
@@ -77,27 +85,34 @@ def test_ties_keep_gallery_order() -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("candidates", [1024, 8, 3])
-def test_prefilter_is_exact_with_ties(candidates: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Quantised distances: many ties, also exactly at the prefilter's k-th value.
-    monkeypatch.setattr(metrics, "CANDIDATES", candidates)
-    # topk(sorted=False) returns candidates in no particular order (on a GPU it really does not keep
-    # gallery order); reverse them so that relying on their order would break the tie rule here.
-    real_topk = torch.topk
-
-    def reversed_topk(*args, **kwargs):
-        values, indices = real_topk(*args, **kwargs)
-        return values.flip(1), indices.flip(1)
-
-    monkeypatch.setattr(torch, "topk", reversed_topk)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_ranking_is_exact_with_ties(dtype, seed: int) -> None:
+    # Quantised distances: many ties, between relevant items, between a relevant item and others, and
+    # at the hardest match (the ranking's tie-break by gallery index is exercised on every path).
     rng = np.random.default_rng(seed)
     qp, gp = rng.integers(0, 5, 30), rng.integers(0, 5, 25)
-    dist = (rng.integers(0, 3, (30, 25)) + 2 * (qp[:, None] != gp[None, :])).astype(np.float32)
+    dist = (rng.integers(0, 3, (30, 25)) + 2 * (qp[:, None] != gp[None, :])).astype(dtype)
     qc, gc = rng.integers(1, 3, 30), rng.integers(1, 3, 25)
     res = evaluate_distances(dist, qp, gp, qc, gc, max_rank=10)
     m_ap, cmc, minp = _reference(dist, qp, gp, qc, gc, 10, "standard")
     assert res.mAP == pytest.approx(m_ap, abs=1e-12) and res.mINP == pytest.approx(minp, abs=1e-12)
     np.testing.assert_allclose(res.cmc, cmc, atol=1e-12)
+
+
+def test_integer_distance_matrix() -> None:
+    # Hamming-like integer distances (issue 12, item 14). Ranking g3 (0) g1 (1) g2 (2) g0 (3); the
+    # query's matches g2, g0 sit at ranks 3 and 4: AP (1/3 + 2/4) / 2 = 5/12, mINP 2/4, CMC 0 0 1 1.
+    res = evaluate_distances(np.array([[3, 1, 2, 0]]), [1], [1, 2, 1, 2], [1], [2, 2, 2, 2], max_rank=4)
+    assert res.mAP == pytest.approx(5 / 12) and res.mINP == pytest.approx(0.5)
+    np.testing.assert_array_equal(res.cmc, [0.0, 0.0, 1.0, 1.0])
+    rl = ranked_lists(np.array([[3, 1, 2, 0]]), [0], [1], [1, 2, 1, 2], [1], [2, 2, 2, 2], size=4)
+    np.testing.assert_array_equal(rl.gallery_index[0], [3, 1, 2, 0])
+    np.testing.assert_array_equal(rl.matches[0], [False, False, True, True])
+    # An integer tie (g1, g2 both at 1) keeps gallery order, and a junk item (g0) is left out.
+    tied = evaluate_distances(torch.tensor([[0, 1, 1, 5]]), [1], [1, 2, 1, 1], [1], [1, 2, 2, 3])
+    assert tied.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
+    rl = ranked_lists(torch.tensor([[0, 1, 1, 5]]), [0], [1], [1, 2, 1, 1], [1], [1, 2, 2, 3], size=4)
+    np.testing.assert_array_equal(rl.gallery_index[0], [1, 2, 3, -1])
 
 
 def test_fewer_gallery_items_than_max_rank_pads_with_last_value() -> None:
@@ -124,6 +139,23 @@ def test_every_query_filtered_raises_clear_error_and_switch_works() -> None:
 def test_no_shared_identity_error_says_so() -> None:
     with pytest.raises(EvaluationError, match="no query identity appears in the gallery"):
         evaluate_distances(np.zeros((2, 2)), [1, 2], [3, 4], [1, 2], [1, 2])
+
+
+def test_all_skipped_message_separates_absent_ids_from_the_camera_rule() -> None:
+    # Query 0 (id 1) has only a same-camera match; query 1's id 7 is not in the gallery at all.
+    dist = np.zeros((2, 3))
+    with pytest.raises(EvaluationError) as err:
+        evaluate_distances(dist, [1, 7], [1, 2, 3], [1, 1], [1, 2, 2])
+    msg = str(err.value)
+    assert "all 2 queries were skipped" in msg
+    assert "1 of them have an identity that appears nowhere in the gallery (ids 7" in msg
+    assert "for the other 1 every gallery image of the query's identity was taken by the query's own camera" in msg
+    # Only the camera rule at work: the message does not mention absent identities.
+    with pytest.raises(EvaluationError) as err:
+        evaluate_distances(dist, [1, 2], [1, 2, 3], [1, 2], [1, 2, 2])
+    msg = str(err.value)
+    assert "every gallery image of a query's identity was taken by the query's own camera" in msg
+    assert "nowhere in the gallery" not in msg and "eval.cross_camera=false" in msg
 
 
 def test_skipped_queries_are_counted_and_excluded() -> None:
@@ -165,17 +197,18 @@ def _reference(dist: np.ndarray, qp, gp, qc, gc, max_rank: int, variant: str):
     return np.mean(aps), np.mean(cmcs, axis=0), np.mean(inps)
 
 
-@pytest.mark.parametrize("candidates", [1024, 40, 6])  # full sort only / both paths / mostly fallback
+@pytest.mark.parametrize("decimals", [None, 1])  # continuous distances / coarse ones with many ties
 @pytest.mark.parametrize("variant", ["standard", "trapezoidal"])
-def test_chunked_equals_one_shot_and_reference(variant: str, candidates: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "CANDIDATES", candidates)
+def test_chunked_equals_one_shot_and_reference(variant: str, decimals: int | None) -> None:
     rng = np.random.default_rng(1)
     nq, ng = 97, 203
     qp, gp = rng.integers(0, 20, nq), rng.integers(0, 15, ng)  # ids 15-19: no match
     qc, gc = rng.integers(1, 4, nq), rng.integers(1, 4, ng)
-    # Relevant items tend to rank high (as with a trained model), so the prefilter path is taken by
-    # many rows and the full sort by the others.
+    # Relevant items tend to rank high (as with a trained model), but some queries have matches far
+    # down the ranking and some none at all.
     dist = (rng.random((nq, ng)) + 0.7 * (qp[:, None] != gp[None, :])).astype(np.float32)
+    if decimals is not None:
+        dist = dist.round(decimals)
     results = [evaluate_distances(dist, qp, gp, qc, gc, max_rank=30, ap_variant=variant, chunk_size=c)
                for c in (1, 7, 64, 97, 500)]
     tensor = torch.from_numpy(dist)
@@ -191,6 +224,23 @@ def test_chunked_equals_one_shot_and_reference(variant: str, candidates: int, mo
     np.testing.assert_allclose(first.cmc, cmc, atol=1e-12)
     assert first.mINP == pytest.approx(minp, abs=1e-12)
     assert first.num_skipped_queries > 0  # the case exercises skipping too
+
+
+def test_search_in_slices_equals_one_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The binary search runs over slices of the selected gallery items (bounded temporaries); tiny
+    # slices, some cutting through a row and through tied items, must give the same numbers.
+    rng = np.random.default_rng(3)
+    qp, gp = rng.integers(0, 8, 40), rng.integers(0, 8, 60)
+    qc, gc = rng.integers(1, 3, 40), rng.integers(1, 3, 60)
+    dist = rng.integers(0, 4, (40, 60)).astype(np.float32)
+    whole = evaluate_distances(dist, qp, gp, qc, gc, max_rank=20)
+    monkeypatch.setattr(metrics, "_SEARCH_SLICE", 7)
+    sliced = evaluate_distances(dist, qp, gp, qc, gc, max_rank=20)
+    np.testing.assert_array_equal(sliced.ap_per_query, whole.ap_per_query)
+    np.testing.assert_array_equal(sliced.cmc, whole.cmc)
+    assert sliced.mINP == whole.mINP
+    m_ap, _, _ = _reference(dist, qp, gp, qc, gc, 20, "standard")
+    assert whole.mAP == pytest.approx(m_ap, abs=1e-12)
 
 
 def test_to_dict_is_json_and_named_as_documented() -> None:

@@ -10,12 +10,17 @@ Two metrics are offered:
   first, which makes it rank exactly like cosine (``|q-g|^2 = 2 - 2 q.g`` on unit vectors).
 
 Everything stays on the features' device and in float32: the caller decides where the work runs.
+Exact float32 on every device: features are cast to float32 first (a bf16 or fp16 feature from an
+autocast model is widened, never multiplied in half precision), and the products run under
+:func:`exact_fp32_matmul`, because training switches CUDA matmuls to TF32 (reid/engine/device.py),
+whose 10-bit mantissa would otherwise make the GPU's ranking (and mAP) differ from the CPU's.
 Distances are produced in chunks of queries so that an MSMT17-size gallery (82k images) never needs
 a full query x gallery matrix in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator, Literal
 
 import torch
@@ -43,8 +48,29 @@ def prepare_features(features: torch.Tensor, metric: Metric, normalize: bool) ->
     return features
 
 
+@contextlib.contextmanager
+def exact_fp32_matmul() -> Iterator[None]:
+    """Full-precision float32 matmuls (no TF32) inside the block; the previous setting is restored after.
+
+    ``torch.set_float32_matmul_precision`` is the switch that both the legacy flag
+    (``torch.backends.cuda.matmul.allow_tf32``) and the newer ``fp32_precision`` follow, and the one
+    :func:`reid.engine.device.configure_backends` sets for training.
+    """
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def _pairwise(q: torch.Tensor, g: torch.Tensor, metric: Metric, g_sq: torch.Tensor | None) -> torch.Tensor:
-    """Distances between already-prepared feature rows (see :func:`prepare_features`)."""
+    """Distances between already-prepared feature rows (see :func:`prepare_features`), in exact fp32."""
+    with exact_fp32_matmul():
+        return _pairwise_fp32(q, g, metric, g_sq)
+
+
+def _pairwise_fp32(q: torch.Tensor, g: torch.Tensor, metric: Metric, g_sq: torch.Tensor | None) -> torch.Tensor:
     if metric == "cosine":
         return torch.mm(q, g.T).neg_().add_(1.0)  # in place: one [q, g] matrix, not two
     if g_sq is None:

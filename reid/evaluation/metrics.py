@@ -26,14 +26,16 @@ Ties: the ranking is a *stable* sort by distance, so equal distances keep galler
 gallery index first). The per-query-loop reference in ``benchmarks/bench_evaluation.py`` uses the
 same rule (``np.argsort(kind="stable")``) and agrees to 1e-6.
 
-How it is vectorised: junk items get an infinite distance before ranking, which moves them behind
-every real item while keeping the others' relative order; the rank of every relevant item is then
-its position in the ranked row plus one. Only the positions of relevant items (a few dozen per
-query) are extracted, so AP, CMC and mINP for a whole chunk cost one ranking and a few gathers, and
-memory is bounded by ``chunk_size x gallery``. The ranking itself avoids sorting whole rows where it
-can: a ``topk`` prefilter keeps the nearest ``CANDIDATES`` items, which is exact for every row whose
-hardest relevant item lies strictly inside them (see :func:`_relevant_positions`); other rows are
-sorted in full.
+How it is vectorised: no row is sorted. A relevant item's rank is one plus the number of relevant
+items before it plus the number of other non-junk items before it, where "before" is the stable
+sort's order (smaller distance, or equal distance and lower gallery index). Per chunk of queries, each
+row's few relevant distances are sorted; only the gallery items that can come before one of them
+(distance <= the row's hardest match) are looked at, each finds by binary search how many relevant
+items precede it, and a per-row histogram of those counts gives every relevant item's rank (see
+:func:`_relevant_positions`). AP, CMC and mINP then cost a few gathers over the relevant items, and
+memory is bounded by ``chunk_size x gallery``. The same torch code runs on the CPU and on CUDA, with
+a few host synchronisations per chunk, none per query. Integer distances (e.g. Hamming) are ranked as
+float64, half precision as float32.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
+from reid.data.checks import camera_advice
 from reid.errors import EvaluationError
 from reid.evaluation.distance import DistanceProducer
 
 APVariant = Literal["standard", "trapezoidal"]
 AP_VARIANTS: tuple[str, ...] = ("standard", "trapezoidal")
 ArrayLike = torch.Tensor | np.ndarray | Sequence[int]
+MAX_LISTED = 20  # skipped queries / images named in metrics.json and in the log (the counts are complete)
 
 
 @dataclass
@@ -86,6 +90,13 @@ class EvalResult:
     # Per-query AP, NaN for skipped queries: for picking queries to show and for paired comparisons.
     ap_per_query: np.ndarray | None = field(default=None, repr=False)
     ranked_lists: RankedLists | None = field(default=None, repr=False)
+    # mAP under both AP variants (same ranking), written as mAP_standard / mAP_trapezoidal; None after
+    # operations that only know one (e.g. averaging results).
+    mAP_by_variant: dict[str, float] | None = None
+    # Paths of the skipped queries (no valid match) and of test images left out as corrupt
+    # (data.corrupt_images=skip), when the caller knows the paths; reported so they can be looked at.
+    skipped_queries: list[str] | None = field(default=None, repr=False)
+    skipped_images: list[str] | None = field(default=None, repr=False)
 
     @property
     def max_rank(self) -> int:
@@ -115,6 +126,13 @@ class EvalResult:
         })
         if self.distance is not None:
             out["distance"] = self.distance
+        for variant, value in (self.mAP_by_variant or {}).items():
+            out[f"mAP_{variant}"] = float(value)
+        if self.skipped_queries:
+            out["skipped_queries"] = list(self.skipped_queries[:MAX_LISTED])
+        if self.skipped_images:
+            out["num_skipped_images"] = len(self.skipped_images)
+            out["skipped_images"] = list(self.skipped_images[:MAX_LISTED])
         if include_cmc:
             out["cmc"] = [float(v) for v in self.cmc]
         return out
@@ -127,6 +145,18 @@ class EvalResult:
         extra += ", re-ranked)" if self.rerank else ")"
         return " | ".join(parts) + extra
 
+    def skipped_report(self) -> str:
+        """Lines naming the skipped queries and the corrupt test images left out ("" when none)."""
+        lines = []
+        for what, paths, total in (("skipped queries ({}, no valid gallery match)", self.skipped_queries,
+                                    self.num_skipped_queries),
+                                   ("corrupt test images left out ({}, data.corrupt_images=skip)", self.skipped_images,
+                                    len(self.skipped_images or []))):
+            if paths:
+                more = f" ... and {total - MAX_LISTED} more" if total > MAX_LISTED else ""
+                lines.append(f"{what.format(total)}: {', '.join(paths[:MAX_LISTED])}{more}")
+        return "\n".join(lines)
+
     def with_flags(self, **changes: Any) -> "EvalResult":
         return dataclasses.replace(self, **changes)
 
@@ -136,6 +166,7 @@ class _QueryStats:
     """Per-query results of one chunk (float64/int64 numpy, on the CPU)."""
 
     ap: np.ndarray
+    ap_other: np.ndarray  # the other AP variant, from the same ranking (reported beside mAP)
     inp: np.ndarray
     first_rank: np.ndarray  # 1-based rank of the first match; 0 when there is none
     num_relevant: np.ndarray
@@ -182,50 +213,112 @@ def _mask_junk(
     return dist.masked_fill(junk, float("inf")), relevant
 
 
-# Candidates kept by the top-k prefilter of :func:`_relevant_positions` (a module constant so that
-# tests can shrink it and exercise both paths on small data).
-CANDIDATES = 1024
+def _as_float(dist: torch.Tensor) -> torch.Tensor:
+    """Distances in a float dtype that ranks exactly like the input.
 
-
-def _full_sort_positions(masked: torch.Tensor, relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.sort(masked, dim=1, stable=True).indices
-    return relevant.gather(1, order).nonzero(as_tuple=True)
-
-
-def _relevant_positions(masked: torch.Tensor, relevant: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, 0-based position) of every relevant item in the stable ranking, row-major.
-
-    Exact, and faster than sorting whole rows: ``topk`` first selects the ``CANDIDATES`` nearest items
-    of each row (a partial selection, several times cheaper than a sort on the CPU). When a row's
-    hardest relevant item is strictly closer than its k-th candidate, every item ranked before any
-    relevant one is among the candidates, so sorting the candidates by (distance, gallery index)
-    gives the exact positions. Only the other rows (a poor model, a huge identity) are fully sorted.
+    Integer (e.g. Hamming) or boolean distances become float64, exact for integers up to 2**53; half
+    precision becomes float32 (a superset). The ranking needs a float to hold ``inf`` for junk.
     """
-    n, g = masked.shape
-    k = CANDIDATES
-    if k >= g:
-        return _full_sort_positions(masked, relevant)
-    hardest = masked.masked_fill(~relevant, float("-inf")).amax(dim=1)
-    values, cand = torch.topk(masked, k, dim=1, largest=False, sorted=False)
-    fast = hardest < values.amax(dim=1)
-    del values
-    parts_rows, parts_pos = [], []
-    fast_rows = fast.nonzero().squeeze(1)
-    if fast_rows.numel():
-        by_index = torch.sort(cand[fast_rows], dim=1).values  # candidates in gallery order ...
-        dist = masked[fast_rows.unsqueeze(1), by_index]
-        ranked = by_index.gather(1, torch.sort(dist, dim=1, stable=True).indices)  # ... then stably by distance
-        r, p = relevant[fast_rows.unsqueeze(1), ranked].nonzero(as_tuple=True)
-        parts_rows.append(fast_rows[r])
-        parts_pos.append(p)
-    slow_rows = (~fast).nonzero().squeeze(1)
-    if slow_rows.numel():
-        r, p = _full_sort_positions(masked[slow_rows], relevant[slow_rows])
-        parts_rows.append(slow_rows[r])
-        parts_pos.append(p)
-    rows, pos = torch.cat(parts_rows), torch.cat(parts_pos)
-    order = torch.argsort(rows * g + pos)  # back to row-major order
-    return rows[order], pos[order]
+    if not dist.is_floating_point():
+        return dist.to(torch.float64)
+    if dist.dtype in (torch.float16, torch.bfloat16):
+        return dist.float()
+    return dist
+
+
+# Selected gallery items binary-searched at once by :func:`_relevant_positions` (bounds its temporaries).
+_SEARCH_SLICE = 1 << 22
+
+
+def _count_before(
+    thresholds: torch.Tensor,
+    num_rel: torch.Tensor,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    gallery_index: torch.Tensor | None = None,
+    threshold_index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """For each (row, value): how many of the row's first ``num_rel[row]`` sorted thresholds precede it.
+
+    A branchless binary search, one gather per halving step, so it runs the same on CPU and CUDA and
+    on any float dtype. "Precede" is ``threshold < value``; with the gallery indices given it is the
+    stable ranking's order: ``(distance, gallery index)`` compared lexicographically.
+    """
+    width = thresholds.shape[1]
+    flat = thresholds.flatten()
+    flat_index = threshold_index.flatten() if threshold_index is not None else None
+    base = rows * width
+    limit = num_rel[rows]
+    count = torch.zeros_like(rows)
+    step = 1 << (width - 1).bit_length()  # a power of two >= width: the steps can sum to any count
+    while step:
+        candidate = count + step
+        at = base + (candidate - 1).clamp(max=width - 1)
+        threshold = flat[at]
+        before = threshold < values
+        if gallery_index is not None:
+            before |= (threshold == values) & (flat_index[at] < gallery_index)
+        count = torch.where(before & (candidate <= limit), candidate, count)
+        step >>= 1
+    return count
+
+
+def _relevant_positions(
+    dist: torch.Tensor, relevant: torch.Tensor, junk: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, 0-based position) of every relevant item in the stable ranking without junk, row-major.
+
+    Exact without sorting any row. A relevant item's position is the number of relevant items before
+    it plus the number of other non-junk items before it, "before" meaning a smaller distance or an
+    equal one at a lower gallery index (the stable sort's order). So: sort each row's few relevant
+    distances (the *thresholds*); select the other items that can precede a threshold at all (distance
+    <= the row's hardest match, a small part of the gallery for any useful model); find for each of
+    those how many thresholds precede it (:func:`_count_before`); a per-row histogram of these counts,
+    summed, gives the number of other items before each relevant one. Items that tie with a threshold
+    are recounted with the gallery index as tie-break; they are rare with real features, and exact
+    either way. Cost: a few passes over the chunk plus a binary search per selected item, against a
+    full sort of every row; memory stays ``O(rows x gallery)``.
+    """
+    n, g = dist.shape
+    device = dist.device
+    num_rel = relevant.sum(dim=1)
+    width = int(num_rel.max())
+    if width == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty
+    rel_rows, rel_cols = relevant.nonzero(as_tuple=True)  # row-major, gallery order within a row
+    slot = torch.arange(rel_rows.numel(), device=device) - (torch.cumsum(num_rel, 0) - num_rel)[rel_rows]
+    thresholds = dist.new_full((n, width), float("inf"))
+    thresholds[rel_rows, slot] = dist[rel_rows, rel_cols]
+    threshold_index = torch.full((n, width), g, dtype=torch.int64, device=device)
+    threshold_index[rel_rows, slot] = rel_cols
+    # Stable: equal distances keep gallery order, so the thresholds are in (distance, index) order.
+    thresholds, order = torch.sort(thresholds, dim=1, stable=True)
+    threshold_index = threshold_index.gather(1, order)
+    hardest = thresholds.gather(1, (num_rel - 1).clamp(min=0).unsqueeze(1))
+    hardest = hardest.masked_fill((num_rel == 0).unsqueeze(1), float("-inf"))  # nothing to rank there
+
+    others = dist.masked_fill(relevant | junk, float("inf"))
+    selected_rows, selected_cols = (others <= hardest).nonzero(as_tuple=True)
+    del others
+    # histogram[r, m] = other items preceded by exactly m of row r's relevant items; the binary search
+    # runs over slices of the selection so that its temporaries stay small even for a useless model.
+    histogram = torch.zeros(n * (width + 1), dtype=torch.int64, device=device)
+    for start in range(0, selected_rows.numel(), _SEARCH_SLICE):
+        rows = selected_rows[start : start + _SEARCH_SLICE]
+        cols = selected_cols[start : start + _SEARCH_SLICE]
+        values = dist[rows, cols]
+        count = _count_before(thresholds, num_rel, rows, values)
+        tied = thresholds.flatten()[rows * width + count.clamp(max=width - 1)] == values
+        tied &= count < num_rel[rows]
+        if bool(tied.any()):
+            t = tied.nonzero().squeeze(1)
+            count[t] = _count_before(thresholds, num_rel, rows[t], values[t], cols[t], threshold_index)
+        histogram += torch.bincount(rows * (width + 1) + count, minlength=n * (width + 1))
+    # others_before[r, m] = other items before the m-th relevant item = those preceded by <= m of them
+    others_before = torch.cumsum(histogram.view(n, width + 1), dim=1)
+    out_rows, m = (torch.arange(width, device=device).unsqueeze(0) < num_rel.unsqueeze(1)).nonzero(as_tuple=True)
+    return out_rows, m + others_before[out_rows, m]
 
 
 def _chunk_stats(
@@ -243,28 +336,31 @@ def _chunk_stats(
             "the distance matrix holds NaN or Inf values: the features are not finite "
             "(a diverged model or an fp16 overflow); check the checkpoint's training loss"
         )
-    masked, relevant = _mask_junk(dist, qp, qc, gp, gc, cross_camera)
+    dist = _as_float(dist)
+    relevant, junk = protocol_masks(qp, qc, gp, gc, cross_camera)
     num_rel = relevant.sum(dim=1)
-    rows, pos = _relevant_positions(masked, relevant)
-    del masked
+    rows, pos = _relevant_positions(dist, relevant, junk)
+    del junk
 
     dtype = _accum_dtype(dist.device)
     n = dist.shape[0]
-    rank = (pos + 1).to(dtype)  # junk sits at +inf behind every relevant item, so position = rank - 1
+    rank = (pos + 1).to(dtype)  # positions count non-junk items only
     offsets = torch.cumsum(num_rel, 0) - num_rel
     hit = (torch.arange(rows.numel(), device=dist.device) - offsets[rows] + 1).to(dtype)  # i-th relevant
     precision = hit / rank
-    if ap_variant == "standard":
-        contrib = precision
-    else:  # trapezoidal: average of the precision before the hit and at it
-        before = torch.where(rank > 1, (hit - 1) / (rank - 1).clamp(min=1), torch.ones_like(rank))
-        contrib = 0.5 * (before + precision)
-    ap_sum = torch.zeros(n, dtype=dtype, device=dist.device).index_add_(0, rows, contrib)
+    # trapezoidal: average of the precision before the hit and at it. Both variants are computed (the
+    # ranking is the expensive part) so that a result can name the other one too.
+    before = torch.where(rank > 1, (hit - 1) / (rank - 1).clamp(min=1), torch.ones_like(rank))
+    contribs = {"standard": precision, "trapezoidal": 0.5 * (before + precision)}
 
     num_rel_f = num_rel.to(dtype)
     valid = num_rel > 0
     nan = torch.full((n,), float("nan"), dtype=dtype, device=dist.device)
-    ap = torch.where(valid, ap_sum / num_rel_f.clamp(min=1), nan)
+    ap_of = {name: torch.where(valid, torch.zeros(n, dtype=dtype, device=dist.device).index_add_(0, rows, contrib)
+                               / num_rel_f.clamp(min=1), nan)
+             for name, contrib in contribs.items()}
+    ap = ap_of[ap_variant]
+    ap_other = ap_of["trapezoidal" if ap_variant == "standard" else "standard"]
 
     first = hit == 1
     first_rank = torch.zeros(n, dtype=torch.int64, device=dist.device)
@@ -276,6 +372,7 @@ def _chunk_stats(
 
     return _QueryStats(
         ap=ap.cpu().double().numpy(),
+        ap_other=ap_other.cpu().double().numpy(),
         inp=inp.cpu().double().numpy(),
         first_rank=first_rank.cpu().numpy(),
         num_relevant=num_rel.cpu().numpy(),
@@ -294,13 +391,23 @@ def _no_valid_query_error(
             f"{len(np.unique(g_pids))} gallery ids, none shared), so no query can be evaluated: "
             "check that query and gallery come from the same test split"
         )
-    # Only reachable with cross_camera=True: otherwise a shared identity always leaves a match.
+    # Only reachable with cross_camera=True: otherwise a shared identity always leaves a match. Two
+    # causes can mix: identities absent from the gallery (no switch helps) and the same-camera rule.
+    absent = ~np.isin(q_pids, g_pids)
+    if absent.any():
+        missing = np.unique(q_pids[absent])
+        shown = ", ".join(str(p) for p in missing[:10]) + ("..." if missing.size > 10 else "")
+        causes = (f"{int(absent.sum())} of them have an identity that appears nowhere in the gallery (ids {shown}: "
+                  f"check that query and gallery come from the same test split), and for the other "
+                  f"{int((~absent).sum())} every gallery image of the query's identity")
+    else:
+        causes = "every gallery image of a query's identity"
     single = " (the data has a single camera)" if cams.size == 1 else ""
     return EvaluationError(
-        f"all {len(q_pids)} queries were skipped: every gallery image of a query's identity was taken by "
+        f"all {len(q_pids)} queries were skipped: {causes} was taken by "
         f"the query's own camera{single}, and the Market-1501 protocol removes same-identity same-camera "
         f"images (cameras seen: {', '.join(str(c) for c in cams[:10])}{'...' if cams.size > 10 else ''}). "
-        "For single-camera or custom data, count same-camera matches with -o eval.cross_camera=false"
+        + camera_advice(int(cams.size), int(np.setdiff1d(np.union1d(q_pids, g_pids), [0]).size))
     )
 
 
@@ -361,6 +468,7 @@ def evaluate_distances(
         stats.append(_chunk_stats(dist, qp[start:stop], qc[start:stop], gp, gc, cross_camera, ap_variant))
 
     ap = np.concatenate([s.ap for s in stats])
+    ap_other = np.concatenate([s.ap_other for s in stats])
     inp = np.concatenate([s.inp for s in stats])
     first_rank = np.concatenate([s.first_rank for s in stats])
     valid = first_rank > 0
@@ -389,6 +497,8 @@ def evaluate_distances(
         ap_variant=ap_variant,
         cross_camera=cross_camera,
         ap_per_query=ap,
+        mAP_by_variant={ap_variant: float(ap[valid].mean()),
+                        ("trapezoidal" if ap_variant == "standard" else "standard"): float(ap_other[valid].mean())},
     )
 
 
@@ -466,7 +576,7 @@ def ranked_lists(
     qc = _as_labels(q_camids, "q_camids", device)[sel]
     gp = _as_labels(g_pids, "g_pids", device)
     gc = _as_labels(g_camids, "g_camids", device)
-    masked, relevant = _mask_junk(rows, qp, qc, gp, gc, cross_camera)
+    masked, relevant = _mask_junk(_as_float(rows), qp, qc, gp, gc, cross_camera)
     k = min(size, rows.shape[1])
     order = torch.sort(masked, dim=1, stable=True).indices[:, :k]
     kept = torch.isfinite(masked.gather(1, order))

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from reid.errors import ReidError
+
 if TYPE_CHECKING:
     from reid.evaluation.metrics import EvalResult
 
@@ -67,9 +69,11 @@ def _tile(image_path: str | None, size: tuple[int, int], border: tuple[int, int,
     try:
         if image_path is None:
             raise FileNotFoundError
-        with Image.open(image_path) as im:
+        from reid.data.pack import image_source  # a file, or an image inside a dataset pack
+
+        with Image.open(image_source(image_path)) as im:
             img = im.convert("RGB").resize((w, h))
-    except (OSError, FileNotFoundError):
+    except (OSError, FileNotFoundError, ReidError):
         img = Image.new("RGB", (w, h), EMPTY_COLOR)
     return np.asarray(ImageOps.expand(img, border=width, fill=border))
 

@@ -34,7 +34,7 @@ import math
 import torch
 
 from reid.errors import EvaluationError
-from reid.evaluation.distance import Metric, prepare_features
+from reid.evaluation.distance import Metric, exact_fp32_matmul, prepare_features
 
 # Budgets that bound the temporaries (elements), independent of dataset size.
 _BLOCK_ELEMENTS = 1 << 25  # row block of the N x N pass: 32M floats = 128 MiB
@@ -135,10 +135,11 @@ class KReciprocalReranker:
     def _dist(self, rows: slice, cols: slice) -> torch.Tensor:
         """Raw distances between two contiguous ranges of the N images (views: no feature copies)."""
         fa, fb = self._feats[rows], self._feats[cols]
-        if self.metric == "cosine":
-            return torch.mm(fa, fb.T).neg_().add_(1.0)
-        assert self._sq is not None
-        dist = torch.addmm(self._sq[rows].unsqueeze(1) + self._sq[cols].unsqueeze(0), fa, fb.T, alpha=-2.0)
+        with exact_fp32_matmul():  # no TF32 on CUDA, as for the plain distances
+            if self.metric == "cosine":
+                return torch.mm(fa, fb.T).neg_().add_(1.0)
+            assert self._sq is not None
+            dist = torch.addmm(self._sq[rows].unsqueeze(1) + self._sq[cols].unsqueeze(0), fa, fb.T, alpha=-2.0)
         return dist.clamp_(min=0.0)
 
     def _pair_dist(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
