@@ -6,6 +6,7 @@ checked against a formula written out here and gradients can be traced to each s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,88 @@ def test_feature_loss_does_not_grow_with_the_batch_size():
     a = sd(small, labels_for(8))["sd_feature"]
     b = sd(double, torch.cat([labels_for(8)] * 2))["sd_feature"]
     torch.testing.assert_close(a, b)
+
+
+# -- kd.feature_reduction: the seed's torch.dist scale (batch_norm) vs the per-sample mean ---------
+def pythagorean_pair(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student/teacher features whose per-sample l2 distances are exactly 5, 13, 5, 13, ...
+
+    Rows differ by (3, 4, 0) or (5, 12, 0) (with sign flips), so every distance is an integer and the
+    expected values below are written out by hand, not recomputed with the code under test.
+    """
+    teacher = torch.arange(batch * 3, dtype=torch.float32).reshape(batch, 3) / 7.0
+    diffs = [[3.0, 4.0, 0.0], [-5.0, 0.0, 12.0]]
+    delta = torch.tensor([diffs[i % 2] for i in range(batch)])
+    return teacher + delta, teacher
+
+
+@pytest.mark.parametrize("batch", [8, 64])
+def test_batch_norm_reduction_is_the_seed_torch_dist_and_sample_mean_the_per_sample_mean(batch):
+    s, t = pythagorean_pair(batch)
+    half = batch // 2
+    # batch_norm = sqrt(sum_i d_i^2) = sqrt(B/2 * (25 + 169)); B=8: sqrt(776) = 27.857, B=64: sqrt(6208) = 78.791.
+    expected_batch_norm = math.sqrt(half * 25 + half * 169)
+    # sample_mean = mean_i d_i = (5 + 13) / 2 = 9, whatever B.
+    expected_sample_mean = 9.0
+    got_bn = feature_distance(s, t, "l2", reduction="batch_norm")
+    got_sm = feature_distance(s, t, "l2", reduction="sample_mean")
+    assert got_bn.item() == pytest.approx(expected_batch_norm, rel=1e-5)
+    assert got_sm.item() == pytest.approx(expected_sample_mean, rel=1e-5)
+    assert got_bn.item() == pytest.approx(torch.dist(s, t).item(), rel=1e-5)  # literally the seed's call
+
+
+@pytest.mark.parametrize("batch", [8, 64])
+def test_equal_distances_map_batch_norm_at_c_to_sample_mean_at_c_sqrt_b(batch):
+    # Every sample at distance 5: batch_norm = sqrt(B) * 5 (B=8: 14.142, B=64: 40), sample_mean = 5.
+    t = torch.zeros(batch, 3)
+    s = t + torch.tensor([3.0, 4.0, 0.0])
+    c = 0.03
+    seed_scale = c * feature_distance(s, t, "l2", reduction="batch_norm")
+    ours_rescaled = (c * math.sqrt(batch)) * feature_distance(s, t, "l2", reduction="sample_mean")
+    assert seed_scale.item() == pytest.approx(c * 5.0 * math.sqrt(batch), rel=1e-5)
+    assert ours_rescaled.item() == pytest.approx(seed_scale.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("batch", [8, 64])
+@pytest.mark.parametrize("reduction", ["sample_mean", "batch_norm"])
+def test_stage_heads_combine_stages_by_mean_or_seed_sum(batch, reduction):
+    sd = heads(feature_coefficient=0.03, feature_reduction=reduction)
+    out = fake_outputs(batch)
+    losses = sd(out, labels_for(batch))
+    f = {s: head_by_hand(sd.heads[s], out["stage_feats"][s]) for s in ("layer1", "layer2", "layer3")}
+    if reduction == "batch_norm":
+        # The seed's term per stage, coef * torch.dist(student, teacher), summed over layer1 and layer2.
+        expected = 0.03 * (torch.dist(f["layer1"], f["layer3"]) + torch.dist(f["layer2"], f["layer3"]))
+    else:
+        # Per-sample distance, batch mean, then the mean over the two student stages.
+        expected = 0.03 * ((f["layer1"] - f["layer3"]).norm(dim=1).mean()
+                           + (f["layer2"] - f["layer3"]).norm(dim=1).mean()) / 2
+    torch.testing.assert_close(losses["sd_feature"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_reduction_with_one_stage_is_exactly_the_seed_loss():
+    sd = heads(students=("layer1",), feature_coefficient=0.03, feature_reduction="batch_norm")
+    out = fake_outputs(16)
+    f = {s: sd.heads[s](out["stage_feats"][s])[0] for s in ("layer1", "layer3")}
+    got = sd(out, labels_for(16))["sd_feature"]
+    torch.testing.assert_close(got, 0.03 * torch.dist(f["layer1"], f["layer3"].detach()))
+
+
+def test_batch_norm_reduction_is_refused_for_other_distances():
+    s, t = pythagorean_pair(8)
+    with pytest.raises(ReidError, match="l2"):
+        feature_distance(s, t, "cosine", reduction="batch_norm")
+    from reid.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="feature_reduction"):
+        validate({"kd": {"feature_distance": "mse", "feature_reduction": "batch_norm"}}, "test")
+
+
+def test_offline_teacher_feature_term_follows_the_reduction():
+    s, t = pythagorean_pair(8)
+    term = TeacherDistillation(3, 3, logit_weight=0.0, feature_weight=0.5, feature_reduction="batch_norm")
+    got = term({"logits": torch.zeros(8, CLASSES), "bn_feat": s}, {"logits": torch.zeros(8, CLASSES), "feat": t})
+    assert got["kd_feature"].item() == pytest.approx(0.5 * math.sqrt(776.0), rel=1e-5)
 
 
 def test_layer4_teacher_is_the_models_bn_neck_and_classifier():

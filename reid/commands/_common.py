@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -25,3 +26,17 @@ def clean_errors() -> Iterator[None]:
 def config_from_cli(params: Path, variant: str | None, overrides: list[str] | None) -> Config:
     """Parameters as every command reads them: params.yaml, then a variant, then ``-o key=value``."""
     return load_config(params, variant=variant, overrides=list(overrides or []))
+
+
+def project_base(params: Path) -> Path:
+    """Where relative tracking paths are anchored: ``DVC_ROOT`` inside a DVC stage, else the working
+    directory, the rule of every relative path in the parameters (README, "Parameters").
+
+    One rule: ``data.manifest``, ``train.output_dir``, checkpoints and evaluation outputs are relative
+    to the working directory, so the MLflow store is too (anchoring it beside the params file put
+    ``mlflow.db`` in ``configs/`` for ``--params configs/x.yaml`` while everything else landed in the
+    working directory). ``DVC_ROOT`` keeps ``dvc exp run --temp`` stages writing to the main store.
+    ``params`` is not consulted; the argument stays so that every command asks the same function.
+    """
+    root = os.environ.get("DVC_ROOT")
+    return Path(root) if root else Path.cwd()

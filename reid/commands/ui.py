@@ -1,7 +1,8 @@
 """``reid ui``: open the MLflow UI on the runs of this project, safely and cheaply.
 
 Why a command instead of telling people to type ``mlflow ui``: the backend store must be the one the
-pipeline writes (``tracking.uri`` in params.yaml, a relative sqlite path anchored at the project), the
+pipeline writes (``tracking.uri`` in params.yaml, a relative sqlite path anchored at the working directory, or
+``DVC_ROOT``, like every relative path of the parameters), the
 server must listen on localhost only unless asked otherwise (MLflow has no authentication), and one
 worker without the job runner starts in about 5 s with about 0.5 GB instead of several workers.
 """
@@ -17,23 +18,12 @@ from typing import Annotated
 
 import typer
 
-from reid.commands._common import clean_errors
+from reid.commands._common import clean_errors, project_base
 from reid.config import read_params, resolve_tree, validate
 # Re-exported: `reid train`/`reid evaluate` anchor the store exactly like the UI opens it.
 from reid.tracking.mlflow_tracker import resolve_artifact_root, resolve_store_uri
 
-__all__ = ["command", "project_base", "resolve_store_uri", "ui_command_line"]
-
-
-def project_base(params: Path) -> Path:
-    """Where relative tracking paths are anchored: ``DVC_ROOT`` inside a DVC stage, else beside params.
-
-    ``sqlite:///mlflow.db`` means "mlflow.db in the current directory", which is only right when a
-    command happens to run from the project root; anchoring it makes ``reid ui --params x/params.yaml``
-    open x's runs from anywhere, and keeps `dvc exp run --temp` stages writing to the main store.
-    """
-    root = os.environ.get("DVC_ROOT")
-    return Path(root) if root else params.resolve().parent
+__all__ = ["command", "resolve_store_uri", "ui_command_line"]
 
 
 def ui_command_line(params: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:

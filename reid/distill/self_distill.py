@@ -10,7 +10,11 @@ that no parameter is left without a gradient, which DDP would refuse):
 
 * ``sd_feature`` = ``feature_coefficient * mean_s distance(head_s(x), teacher(x).detach())``,
   averaged over *all* student stages, with a per-sample distance averaged over the batch
-  (:func:`reid.losses.distillation.feature_distance`), so its size does not depend on the batch size;
+  (:func:`reid.losses.distillation.feature_distance`), so its size does not depend on the batch size
+  (``feature_reduction="sample_mean"``). With ``feature_reduction="batch_norm"`` it is the replaced
+  code's scale instead: ``feature_coefficient * sum_s torch.dist(head_s(x), teacher(x).detach())``,
+  a *sum* over student stages because that code added one such term per distilled stage (it reached
+  only layer1; with ``student_stages: [layer1]`` the two coincide);
 * ``sd_head_id`` = ``head_id_weight * mean_h CE_ls(classifier_h(head_h(x)), y)`` over every head
   (students and the teacher stage's own head): the supervised loss that makes the teacher head a
   meaningful, identity-discriminative projection rather than a fixed random one, and that gives the
@@ -91,6 +95,7 @@ class SelfDistillHeads(nn.Module):
         *,
         feature_coefficient: float = 0.03,
         distance: str = "l2",
+        feature_reduction: str = "sample_mean",
         head_id_weight: float = 1.0,
         logit_weight: float = 0.0,
         temperature: float = 16.0,
@@ -122,6 +127,7 @@ class SelfDistillHeads(nn.Module):
         self.student_stages = students
         self.feature_coefficient = float(feature_coefficient)
         self.distance = distance
+        self.feature_reduction = feature_reduction
         self.head_id_weight = float(head_id_weight)
         self.logit_weight = float(logit_weight)
         self.temperature = float(temperature)
@@ -169,8 +175,11 @@ class SelfDistillHeads(nn.Module):
         losses: dict[str, Tensor] = {}
         if self.feature_coefficient > 0:
             target = teacher_feat.detach()
-            distances = [feature_distance(per_stage[s][0], target, self.distance) for s in self.student_stages]
-            losses["sd_feature"] = self.feature_coefficient * torch.stack(distances).mean()
+            distances = torch.stack([feature_distance(per_stage[s][0], target, self.distance, self.feature_reduction)
+                                     for s in self.student_stages])
+            # batch_norm is the replaced code's scale: one coef * torch.dist term per stage, summed.
+            combined = distances.sum() if self.feature_reduction == "batch_norm" else distances.mean()
+            losses["sd_feature"] = self.feature_coefficient * combined
         if self.head_id_weight > 0:
             # Every head of ours (students and, when it is not layer4, the teacher's) learns the identities.
             terms = [nn.functional.cross_entropy(per_stage[s][1].float(), labels, label_smoothing=self.label_smoothing)

@@ -14,7 +14,7 @@ Loss terms (:class:`TeacherDistillation`, already weighted; 0-weight terms are n
 * ``kd_logit`` = ``logit_weight * KL(softmax(t/T) || softmax(s/T)) * T^2`` (batch mean), or the
   symmetric average of both directions with ``kd.symmetric`` (FastReID's choice, T = 16);
 * ``kd_feature`` = ``feature_weight * distance(adapter(student bn_feat), teacher bn_feat)``, per sample
-  then averaged; the adapter is a learned bias-free ``Linear`` when the two embedding sizes differ
+  then averaged (or the whole-batch ``torch.dist`` with ``kd.feature_reduction: batch_norm``); the adapter is a learned bias-free ``Linear`` when the two embedding sizes differ
   (e.g. ResNet18 512 -> ResNet50 2048) and the identity when they are equal. Training-only.
 
 The teacher must have been trained on the same identities as the student: its classifier's class
@@ -120,6 +120,7 @@ class TeacherDistillation(nn.Module):
         symmetric: bool = False,
         feature_weight: float = 0.0,
         distance: str = "l2",
+        feature_reduction: str = "sample_mean",
     ) -> None:
         super().__init__()
         self.logit_weight = float(logit_weight)
@@ -127,6 +128,7 @@ class TeacherDistillation(nn.Module):
         self.symmetric = bool(symmetric)
         self.feature_weight = float(feature_weight)
         self.distance = distance
+        self.feature_reduction = feature_reduction
         # Built only when the feature term is on: an unused parameter would upset DDP.
         self.adapter: nn.Module | None = None
         if self.feature_weight > 0:
@@ -147,5 +149,6 @@ class TeacherDistillation(nn.Module):
         if self.feature_weight > 0:
             assert self.adapter is not None
             mapped = self.adapter(student["bn_feat"])
-            losses["kd_feature"] = self.feature_weight * feature_distance(mapped, teacher["feat"].detach(), self.distance)
+            losses["kd_feature"] = self.feature_weight * feature_distance(
+                mapped, teacher["feat"].detach(), self.distance, self.feature_reduction)
         return losses

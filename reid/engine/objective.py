@@ -81,6 +81,7 @@ class Objective(nn.Module):
             self.self_distill = SelfDistillHeads(
                 stage_channels, kd.teacher_stage, kd.student_stages, embedding_dim, num_classes,
                 feature_coefficient=kd.feature_loss_coefficient, distance=kd.feature_distance,
+                feature_reduction=kd.feature_reduction,
                 head_id_weight=kd.stage_head_id_weight, logit_weight=kd.self_logit_weight,
                 temperature=kd.temperature, label_smoothing=loss.label_smoothing,
             )
@@ -99,6 +100,7 @@ class Objective(nn.Module):
             self.teacher_kd = TeacherDistillation(
                 embedding_dim, teacher.feature_dim, logit_weight=kd.logit_weight, temperature=kd.temperature,
                 symmetric=kd.symmetric, feature_weight=kd.teacher_feature_weight, distance=kd.feature_distance,
+                feature_reduction=kd.feature_reduction,
             )
 
         if not (self.id_weight > 0 or self.triplet_weight > 0 or self.center_weight > 0

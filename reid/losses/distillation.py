@@ -7,10 +7,13 @@ same weight works for T = 4 and T = 16. ``symmetric=True`` is the *average* of b
 ``(KL(t||s) + KL(s||t)) / 2``, which puts it on the same scale as the one-directional loss (FastReID
 found the symmetric form to work best for ReID, with T = 16).
 
-``feature_distance(s, t, kind)``: a distance per sample, then the batch mean, so the loss does not
-grow with the batch size (the replaced distillation code's ``torch.dist`` over the whole batch did):
-``l2`` = Euclidean norm of ``s - t``; ``mse`` = mean squared difference over the dimensions;
-``cosine`` = ``1 - cos(s, t)``.
+``feature_distance(s, t, kind, reduction)``: with ``reduction="sample_mean"`` (the default) a distance
+per sample, then the batch mean, so the loss does not grow with the batch size: ``l2`` = Euclidean norm
+of ``s - t``; ``mse`` = mean squared difference over the dimensions; ``cosine`` = ``1 - cos(s, t)``.
+``reduction="batch_norm"`` is the replaced distillation code's scale, ``torch.dist(s, t)``: the L2 norm
+of ``s - t`` over the whole ``[B, D]`` tensor, ``sqrt(sum_i d_i^2)`` with ``d_i`` the per-sample ``l2``
+distance, which grows like ``sqrt(B)``; it is defined for ``l2`` only. It exists so that a coefficient
+taken from that code (0.03) means what it meant there; ``docs/DISTILLATION.md`` gives the mapping.
 
 Neither function detaches the teacher: the caller decides (an offline teacher already runs without
 gradient; a self-distillation teacher head is detached by its caller). Both compute in float32.
@@ -27,6 +30,7 @@ from torch import Tensor
 from reid.errors import ReidError
 
 FeatureDistance = Literal["l2", "mse", "cosine"]
+FeatureReduction = Literal["sample_mean", "batch_norm"]
 
 
 def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -49,12 +53,21 @@ def logit_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
     return kl.mean() * (temperature * temperature)
 
 
-def feature_distance(student: Tensor, teacher: Tensor, kind: FeatureDistance = "l2") -> Tensor:
-    """Per-sample distance between ``[B, D]`` features, averaged over the batch; see the module docstring."""
+def feature_distance(
+    student: Tensor, teacher: Tensor, kind: FeatureDistance = "l2", reduction: FeatureReduction = "sample_mean"
+) -> Tensor:
+    """Distance of ``[B, D]`` features: per-sample batch mean or whole-batch L2 norm (module docstring)."""
     if student.shape != teacher.shape or student.dim() != 2:
         raise ReidError(f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} "
                         "must both be [B, D] (project one onto the other first)")
     s, t = student.float(), teacher.float()
+    if reduction == "batch_norm":
+        if kind != "l2":
+            raise ReidError(f"kd.feature_reduction batch_norm (torch.dist over the batch) is defined for "
+                            f"kd.feature_distance l2 only, got {kind!r}; use sample_mean or l2")
+        return torch.linalg.vector_norm(s - t, ord=2)
+    if reduction != "sample_mean":
+        raise ReidError(f"unknown feature reduction {reduction!r}; use sample_mean or batch_norm")
     if kind == "l2":
         per_sample = torch.linalg.vector_norm(s - t, ord=2, dim=1)
     elif kind == "mse":

@@ -1,25 +1,34 @@
-"""Starting weights: ImageNet through torchvision's weights API, or a local file; never pickle.
+"""Starting weights: ImageNet through torch hub's cache (torchvision, IBN-Net), or a local file; never pickle.
 
 ``model.pretrained``:
 
 * ``none``: keep the random initialisation.
 * ``imagenet``: torchvision's ``IMAGENET1K_V1`` ResNet weights (the ones the published strong-baseline
-  numbers start from), read from torch hub's cache, ``$TORCH_HOME/hub/checkpoints/<file>``
-  (``~/.cache/torch/hub/checkpoints`` by default) and downloaded there when missing. The download has
-  a socket timeout, so a machine without internet fails in seconds with a :class:`CheckpointError`
-  that names the cache file to provide, instead of hanging.
+  numbers start from; IBN-Net's release for the IBN-a backbones, see below), read from torch hub's
+  cache, ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch/hub/checkpoints`` by default), and
+  downloaded there (``torch.hub.load_state_dict_from_url``, hash prefix checked) when missing. The
+  download has a socket timeout, so a machine without internet fails in seconds, before training, with
+  a :class:`CheckpointError` that names the file and the folder to put it in, instead of hanging.
 * ``file``: ``model.pretrained_path``, loaded with ``weights_only=True``. Accepted: a raw backbone
   state dict in torchvision layout (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``fc.*``),
   the same inside ``{"state_dict": ...}`` or ``{"model": ...}``, with or without DataParallel's
   ``module.`` prefix, reid-strong-baseline's layout (``base.*``, ``bottleneck.*``), the
   original IBN-Net release (``layer1.0.bn1.IN.weight``), or a reid checkpoint.
 
-IBN-a and ``imagenet``: torchvision has no IBN-a weights. We load the plain ResNet of the same depth
-wherever names and shapes match -- everything except the 13 (ResNet50) / 30 (ResNet101) split ``bn1``
-layers of layers 1-3, which keep their fresh initialisation and are reported as not loaded -- and warn
-that the published IBN-a numbers start from IBN-Net's own ImageNet weights (``pretrained=file``). We
-chose this over an error because the conv weights are by far the valuable part of the initialisation
-and the README's ``pretrained: imagenet`` must work for every backbone.
+IBN-a and ``imagenet``: torchvision has no IBN-a weights, and loading the plain ResNet would leave the
+13 (ResNet50) / 30 (ResNet101) split ``bn1`` layers at their initial values. ``resnet50_ibn_a`` and
+``resnet101_ibn_a`` therefore load IBN-Net's own ImageNet release (``resnet50_ibn_a-d9d0bb7b.pth``,
+``resnet101_ibn_a-59ea0ac6.pth``, the weights the published IBN-a ReID results start from), through the
+same torch hub cache folder and the same hash-prefix check as torchvision's files. Their key names are
+IBN-Net's ``resnet_ibn_a`` (``conv1``, ``bn1``, ``layer1.0.bn1.IN.weight``, ``layer1.0.bn1.BN.running_mean``,
+``fc``), which is our backbone's layout after :func:`to_model_keys` (``reid/models/ibn.py`` keeps the
+``IN``/``BN`` names on purpose). A file copied into the cache by hand (the offline route) has its
+SHA-256 prefix checked against its name, as a download would.
+
+Backbone family: a state dict holding IBN-a tensors (``bn1.IN``) is refused for a plain ResNet and a
+plain one for an IBN-a backbone, before anything is copied: either way a quarter of the first
+normalisation layers would be silently left as initialised. ``imagenet`` weights must moreover cover
+every backbone tensor (a file that does not is refused, not half-loaded).
 
 Everything is copied by :func:`load_matching` (reid-strong-baseline's ``load_param``): every tensor whose
 name and shape match, except the classifier (the class count differs between datasets) and the ImageNet
@@ -29,6 +38,7 @@ name and shape match, except the classifier (the class count differs between dat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -176,12 +186,20 @@ def _unwrap(obj: Any, source: str) -> dict[str, Any]:
 
 
 def _check_architecture(state: Mapping[str, Any], model: ReIDModel, source: str) -> None:
-    """Refuse weights of another depth up front: loading 'what fits' would silently load nearly nothing."""
+    """Refuse weights of another depth or family up front: loading 'what fits' would half-load the model."""
     saved = infer_backbone_name(state, "backbone.")
     if saved is not None and plain_name(saved) != plain_name(model.backbone_name):
         raise CheckpointError(
             f"{source} holds {saved} weights but model.backbone is {model.backbone_name}; "
             f"use weights of a {plain_name(model.backbone_name)} or set model.backbone to match"
+        )
+    if saved is not None and is_ibn(saved) != is_ibn(model.backbone_name):
+        family = {True: "IBN-a", False: "plain ResNet"}
+        raise CheckpointError(
+            f"{source} holds {family[is_ibn(saved)]} weights ({saved}) but model.backbone is "
+            f"{model.backbone_name} ({family[is_ibn(model.backbone_name)]}): the split bn1 layers of layers 1-3 "
+            f"would not load. Use {saved} weights with model.backbone={saved}, or weights of a "
+            f"{model.backbone_name}"
         )
 
 
@@ -197,9 +215,18 @@ def _apply(model: ReIDModel, state: Mapping[str, Any], source: str) -> LoadRepor
     return report
 
 
-# -- ImageNet through torchvision's weights API ----------------------------------------------------
+# -- ImageNet through torch hub's cache: torchvision's ResNets, IBN-Net's release for IBN-a -------------
+#: Where IBN-Net publishes its ImageNet weights (``<base>/<file>``).
+IBN_RELEASE_BASE = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0"
+#: IBN-a backbone -> IBN-Net's release file; the part after ``-`` is the SHA-256 prefix torch hub checks.
+IBN_A_RELEASES: dict[str, str] = {
+    "resnet50_ibn_a": "resnet50_ibn_a-d9d0bb7b.pth",
+    "resnet101_ibn_a": "resnet101_ibn_a-59ea0ac6.pth",
+}
+
+
 def imagenet_weights(backbone: str) -> Any:
-    """torchvision's ``ResNetXX_Weights.IMAGENET1K_V1`` for a backbone (IBN-a: the plain depth's)."""
+    """torchvision's ``ResNetXX_Weights.IMAGENET1K_V1`` for a plain backbone."""
     import torchvision.models as tvm
 
     depth = plain_name(backbone).removeprefix("resnet")
@@ -209,9 +236,19 @@ def imagenet_weights(backbone: str) -> Any:
     return enum.IMAGENET1K_V1
 
 
+def imagenet_url(backbone: str) -> str:
+    """The ImageNet weights' URL: IBN-Net's release for IBN-a, torchvision's for a plain ResNet."""
+    if is_ibn(backbone):
+        if backbone not in IBN_A_RELEASES:
+            raise CheckpointError(f"IBN-Net publishes no ImageNet weights for {backbone}; use model.pretrained=file "
+                                  "or model.pretrained=none")
+        return f"{IBN_RELEASE_BASE}/{IBN_A_RELEASES[backbone]}"
+    return str(imagenet_weights(backbone).url)
+
+
 def imagenet_cache_path(backbone: str) -> Path:
     """Where torch hub caches (and torchvision's ``get_state_dict`` looks for) a backbone's weights."""
-    filename = os.path.basename(urlparse(imagenet_weights(backbone).url).path)
+    filename = os.path.basename(urlparse(imagenet_url(backbone)).path)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
@@ -226,28 +263,49 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _download(url: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _check_hash_prefix(path: Path) -> None:
+    """The SHA-256 prefix in a hub file name (``name-<hex>.pth``) must match the file, as after a download.
+
+    torch hub checks it only when it downloads; a file copied into the cache by hand (what the offline
+    message asks for) would otherwise be trusted whatever it holds.
+    """
     match = torch.hub.HASH_REGEX.search(path.name)
-    with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None, progress=False)
+    if not match or not match.group(1):
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise CheckpointError(
+            f"{path} does not match the SHA-256 prefix in its name ({match.group(1)}; the file's is "
+            f"{digest.hexdigest()[:len(match.group(1))]}): a partial or different file. Delete it and let it "
+            "download again, or copy the original release file there"
+        )
 
 
 def imagenet_state_dict(backbone: str) -> tuple[dict[str, Any], Path]:
-    """The cached (or freshly downloaded) torchvision ImageNet state dict and its file."""
-    url = imagenet_weights(backbone).url
+    """The cached (or freshly downloaded, hash-checked) ImageNet state dict and its file."""
+    url = imagenet_url(backbone)
     path = imagenet_cache_path(backbone)
-    if not path.is_file():
-        try:
-            _download(url, path)
-        except Exception as exc:  # URLError, timeout, HTTP or hash errors: all mean "not available"
-            raise CheckpointError(
-                f"ImageNet weights for {backbone} are not in the torch hub cache ({path}) and could not be "
-                f"downloaded ({type(exc).__name__}: {exc}). Without internet: copy {url} to {path} "
-                "(or point TORCH_HOME at a cache that holds it), or use model.pretrained=file with "
-                "model.pretrained_path=<weights file>, or model.pretrained=none"
-            ) from None
-    return load_state(path), path
+    if path.is_file():
+        if is_ibn(backbone):
+            _check_hash_prefix(path)
+        return load_state(path), path
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            state = torch.hub.load_state_dict_from_url(
+                url, model_dir=str(path.parent), map_location="cpu", progress=False, check_hash=True,
+                weights_only=True,
+            )
+    except Exception as exc:  # URLError, timeout, HTTP or hash errors: all mean "not available"
+        raise CheckpointError(
+            f"ImageNet weights for {backbone} ({path.name}) are not in the torch hub cache ({path.parent}) and "
+            f"could not be downloaded ({type(exc).__name__}: {exc}). Without internet: copy {url} to {path} "
+            "(or point TORCH_HOME at a cache that holds it), or use model.pretrained=file with "
+            "model.pretrained_path=<weights file>, or model.pretrained=none"
+        ) from None
+    return state, path
 
 
 def load_pretrained(model: ReIDModel, config: ModelConfig) -> LoadReport | None:
@@ -256,17 +314,15 @@ def load_pretrained(model: ReIDModel, config: ModelConfig) -> LoadReport | None:
         return None
     if config.pretrained == "imagenet":
         state, path = imagenet_state_dict(model.backbone_name)
-        report = _apply(model, state, f"ImageNet {plain_name(model.backbone_name)} weights ({path.name})")
-        if is_ibn(model.backbone_name):
-            split = sum(k.endswith(".bn1.IN.weight") for k in report.missing)
-            log.warning(
-                "%s: torchvision has no IBN-a ImageNet weights; loaded the plain %s weights where they fit "
-                "(the %d split bn1 layers of layers 1-3 start from scratch). The published IBN-a results start "
-                "from IBN-Net's weights: model.pretrained=file with model.pretrained_path=<resnet_ibn_a .pth>",
-                model.backbone_name, plain_name(model.backbone_name), split,
+        report = _apply(model, state, f"ImageNet {model.backbone_name} weights ({path})")
+        # ImageNet weights are the whole backbone or nothing (old torchvision files lack only the counters).
+        absent = [k for k in report.missing if k.startswith("backbone.") and not k.endswith("num_batches_tracked")]
+        if absent:
+            raise CheckpointError(
+                f"{path} leaves {len(absent)} backbone tensors of {model.backbone_name} unloaded "
+                f"({', '.join(absent[:4])}{', ...' if len(absent) > 4 else ''}): not the ImageNet weights of this "
+                "backbone. Delete it from the cache, or use model.pretrained=file / none"
             )
-            log.info("%s", report.summary())
-            return report
     elif config.pretrained == "file":
         if config.pretrained_path is None:
             raise CheckpointError("model.pretrained=file needs model.pretrained_path (a .pth state dict)")
