@@ -14,7 +14,8 @@ compute, both measured on the trained checkpoint itself rather than copied from 
   own configuration.
 
 The model list comes from params.yaml (baseline + every variant), never from a folder scan, so a stale
-checkpoint of a deleted variant cannot sneak into the table.
+checkpoint of a deleted variant cannot sneak into the table. Below the table, :mod:`reid.seed_spread`
+gives each model's difference to its reference and whether it exceeds the seed (run-to-run) spread.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reid.config import Config, ConfigError, TrackingConfig, load_config, read_params, validate
 from reid.errors import ReidError
+from reid.seed_spread import Run, spread_markdown
+from reid.targets import TargetSettings
 
 BASELINE = "baseline"
 # dvc.yaml addresses every model's checkpoint as pipeline/models/<name>/best.pt (a foreach over
 # evaluate.models cannot look up each variant's train.output_dir), so the params must agree with it.
 MODELS_DIR = Path("pipeline/models")
+# dvc.yaml's prepare stage writes the cross-domain targets' manifests here, and evaluate_target reads them.
+TARGETS_DIR = Path("pipeline/data/targets")
 CHECKPOINT_NAME = "best.pt"
 METRICS_NAME = "metrics.json"
 
@@ -43,6 +48,8 @@ COLUMNS = (
     "mAP", "rank1", "rank5", "rank10", "mINP", "params (M)", "GMACs", "mlflow run",
 )
 ACCURACY_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP")
+# Per cross-domain target (evaluate.targets), these metrics get a column "<target> <key>" after mINP.
+TARGET_KEYS = ("mAP", "rank1")
 
 
 class CompareError(ReidError):
@@ -58,6 +65,7 @@ class EvaluateSettings(_Settings):
 
     output_dir: Path = Path("pipeline/eval")
     models: list[str] | None = None
+    targets: list[TargetSettings] = Field(default_factory=list)
 
 
 class CompareSettings(_Settings):
@@ -91,6 +99,12 @@ class PipelinePlan:
     def metrics_path(self, model: PipelineModel) -> Path:
         return self.evaluate.output_dir / model.name / METRICS_NAME
 
+    def target_metrics_path(self, model: PipelineModel, target: str) -> Path:
+        """Where dvc.yaml's evaluate_target stage writes ``model``'s metrics on ``target``."""
+        from reid.evaluation.naming import EvaluationNames
+
+        return EvaluationNames(target).output_dir(self.evaluate.output_dir, model.name) / METRICS_NAME
+
 
 @dataclass
 class ModelRow:
@@ -102,11 +116,13 @@ class ModelRow:
     gmacs: float
     run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> metrics in percent
 
     def cells(self) -> dict[str, Any]:
         """The row as ``{column: value}`` with raw numbers (accuracy in percent)."""
         cfg = self.model.config
         kd = cfg.kd
+        inactive = cfg.inactive_keys()  # the same rule as the MLflow params ("-" there, empty here)
         teachers = []
         if kd.self_distill:
             teachers.append(f"self {kd.teacher_stage} -> {'+'.join(kd.student_stages)}")
@@ -117,14 +133,28 @@ class ModelRow:
             "model": self.model.name,
             "backbone": cfg.model.backbone,
             "kd mode": kd.mode,
-            "feature_loss_coefficient": kd.feature_loss_coefficient if kd.self_distill else None,
-            "temperature": kd.temperature if kd.offline and kd.logit_weight > 0 else None,
+            "feature_loss_coefficient": None if "kd.feature_loss_coefficient" in inactive else kd.feature_loss_coefficient,
+            "temperature": None if "kd.temperature" in inactive else kd.temperature,
             "teacher": "; ".join(teachers) or None,
             **{k: self.metrics.get(k) for k in ACCURACY_KEYS},
+            **{target_column(t, k): m.get(k) for t, m in self.targets.items() for k in TARGET_KEYS},
             "params (M)": self.params_m,
             "GMACs": self.gmacs,
             "mlflow run": self.run_id,
         }
+
+
+def target_column(target: str, key: str) -> str:
+    """The column of metric ``key`` on cross-domain target ``target`` (e.g. ``duke mAP``)."""
+    return f"{target} {key}"
+
+
+def table_columns(rows: list[ModelRow]) -> list[str]:
+    """:data:`COLUMNS` with the per-target columns of ``rows`` inserted after ``mINP``."""
+    targets = list(dict.fromkeys(t for row in rows for t in row.targets))
+    extra = [target_column(t, k) for t in targets for k in TARGET_KEYS]
+    at = COLUMNS.index("mINP") + 1
+    return [*COLUMNS[:at], *extra, *COLUMNS[at:]]
 
 
 def _teacher_name(path: Path) -> str:
@@ -175,15 +205,24 @@ def read_plan(params: Path) -> PipelinePlan:
                 f"set it to {expected}"
             )
         models.append(PipelineModel(name, variant, config))
+    for target in evaluate.targets:
+        where = target.manifest_for(models[0].config.data.manifest)
+        if where != TARGETS_DIR / f"{target.name}.json":
+            raise ConfigError(
+                f"{params}: evaluate.targets[{target.name}] would be prepared into {where}, but dvc.yaml reads it from "
+                f"{TARGETS_DIR / (target.name + '.json')}; leave its manifest unset and data.manifest at "
+                f"pipeline/data/manifest.json")
     return PipelinePlan(models, evaluate, compare, models[0].config.tracking)
 
 
-def read_metrics(path: Path, model: str) -> dict[str, float]:
-    """The evaluation metrics of one model, with an error that says how to produce a missing file."""
+def read_metrics(path: Path, model: str, target: str | None = None) -> dict[str, float]:
+    """The evaluation metrics of one model (on ``target``), with an error that says how to produce a missing file."""
     if not path.is_file():
+        on = f" on target {target!r}" if target else ""
+        option = f" --target {target}" if target else ""
         raise CompareError(
-            f"no metrics for model {model!r}: {path} does not exist. Run the pipeline (`dvc repro`) or "
-            f"`reid evaluate {MODELS_DIR / model / CHECKPOINT_NAME} --output {path.parent}` first"
+            f"no metrics for model {model!r}{on}: {path} does not exist. Run the pipeline (`dvc repro`) or "
+            f"`reid evaluate {MODELS_DIR / model / CHECKPOINT_NAME}{option} --output {path.parent}` first"
         )
     try:
         data = json.loads(path.read_text())
@@ -265,14 +304,18 @@ def collect_rows(plan: PipelinePlan) -> list[ModelRow]:
         metrics = read_metrics(plan.metrics_path(model), model.name)
         cost = deployed_cost(model.checkpoint)
         pct = {k: as_percent(metrics.get(k)) for k in ACCURACY_KEYS if k in metrics}
-        rows.append(ModelRow(model, pct, cost.params / 1e6, cost.macs / 1e9, cost.mlflow_run_id))
+        targets = {}
+        for target in plan.evaluate.targets:
+            found = read_metrics(plan.target_metrics_path(model, target.name), model.name, target.name)
+            targets[target.name] = {k: as_percent(found.get(k)) for k in TARGET_KEYS if k in found}
+        rows.append(ModelRow(model, pct, cost.params / 1e6, cost.macs / 1e9, cost.mlflow_run_id, targets=targets))
     return rows
 
 
 def _fmt(column: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if column in ACCURACY_KEYS:
+    if column in ACCURACY_KEYS or column.endswith(tuple(f" {k}" for k in TARGET_KEYS)):
         return f"{value:.1f}"
     if column in ("params (M)", "GMACs"):
         return f"{value:.2f}"
@@ -285,17 +328,18 @@ def _fmt(column: str, value: Any) -> str:
 
 def markdown_table(rows: list[ModelRow]) -> str:
     """A GitHub-style table; accuracy in percent, '-' where a column does not apply."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    columns = table_columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         cells = row.cells()
-        lines.append("| " + " | ".join(_fmt(c, cells[c]) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(c, cells.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: list[ModelRow], path: Path) -> None:
     """Machine-readable twin of the table: raw numbers, empty where a column does not apply."""
     with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(fh, fieldnames=table_columns(rows))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.cells().items()})
@@ -370,14 +414,15 @@ class Comparison:
     markdown: str
     files: list[Path]
     warnings: list[str]
+    spread: str = ""  # the seed-spread section (reid.seed_spread), also written below the table
 
 
 def compare(params: Path, output_dir: Path | None = None, use_mlflow: bool = True,
             tracking_base: Path | None = None) -> Comparison:
     """Build the comparison of every model in params.yaml and write it to ``output_dir``.
 
-    ``tracking_base`` anchors a relative MLflow store (``reid compare`` passes DVC_ROOT or the folder
-    of params.yaml, like every command); default: the folder of ``params``.
+    ``tracking_base`` anchors a relative MLflow store (``reid compare`` passes DVC_ROOT or the working
+    directory, like every command); default: the folder of ``params``.
     """
     plan = read_plan(params)
     rows = collect_rows(plan)
@@ -386,12 +431,15 @@ def compare(params: Path, output_dir: Path | None = None, use_mlflow: bool = Tru
     out = Path(output_dir) if output_dir is not None else plan.compare.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
+    spread = spread_markdown([Run(r.model.name, r.model.config, r.metrics) for r in rows])
     md, csv_path, png = out / "comparison.md", out / "comparison.csv", out / "comparison.png"
     md.write_text(
         "# Model comparison\n\n"
         "Accuracy in percent (Market-1501 protocol of `eval` in params.yaml); params = deployed model only; "
-        "GMACs = one image at the configured input size.\n\n" + table
+        "GMACs = one image at the configured input size"
+        + ("; `<target> mAP`/`<target> rank1`: evaluated on that cross-domain target of evaluate.targets"
+           if plan.evaluate.targets else "") + ".\n\n" + table + "\n" + spread
     )
     write_csv(rows, csv_path)
     bar_chart(rows, png)
-    return Comparison(rows, table, [md, csv_path, png], warnings)
+    return Comparison(rows, table, [md, csv_path, png], warnings, spread)

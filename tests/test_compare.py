@@ -198,3 +198,40 @@ def test_compare_finds_mlflow_runs_by_checkpoint_then_by_variant_tag(pipeline_di
     assert result.warnings == []
     with (pipeline_dir / "pipeline/compare/comparison.csv").open() as fh:
         assert {r["model"]: r["mlflow run"] for r in csv.DictReader(fh)}["kd_r18"] == stored
+
+
+def test_comparison_states_the_seed_spread_below_the_table(pipeline_dir: Path) -> None:
+    # One baseline seed in this pipeline: deltas are given, but no difference can be called real.
+    result = compare(pipeline_dir / "params.yaml", use_mlflow=False)
+    md = (pipeline_dir / "pipeline/compare/comparison.md").read_text()
+    assert result.spread and result.spread in md and md.index(result.markdown) < md.index(result.spread)
+    assert "| sd_003 | baseline | 45.0 | +5.0 | 65.0 | +5.0 | spread unknown (one seed) |" in result.spread
+    # kd_r18 has no ResNet-18 row without a teacher here: measured against the baseline, flagged.
+    assert "| kd_r18 | baseline (other backbone) |" in result.spread
+
+
+def test_cross_domain_targets_get_their_own_columns(pipeline_dir: Path) -> None:
+    """Issue 16: one "<target> mAP" and "<target> rank1" column per evaluate.targets entry."""
+    tree = params_tree()
+    tree["evaluate"]["targets"] = [{"name": "synth_b", "format": "market1501", "root": "data/b"}]
+    write_params(pipeline_dir, tree)
+    with pytest.raises(CompareError, match=r"on target 'synth_b'.*--target synth_b"):
+        compare(pipeline_dir / "params.yaml", use_mlflow=False)
+    for name, (mAP, rank1) in {"baseline": (0.10, 0.20), "sd_003": (0.15, 0.25), "kd_r18": (0.05, 0.125)}.items():
+        write_metrics(pipeline_dir / "pipeline/eval" / name / "targets" / "synth_b" / "metrics.json", mAP, rank1)
+    result = compare(pipeline_dir / "params.yaml", use_mlflow=False)
+    header = next(line for line in result.markdown.splitlines() if line.startswith("| model"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[columns.index("mINP") + 1:columns.index("mINP") + 3] == ["synth_b mAP", "synth_b rank1"]
+    sd = next(line for line in result.markdown.splitlines() if line.startswith("| sd_003 "))
+    cells = dict(zip(columns, (c.strip() for c in sd.strip("|").split("|"))))
+    assert (cells["mAP"], cells["synth_b mAP"], cells["synth_b rank1"]) == ("45.0", "15.0", "25.0")
+    with (pipeline_dir / "pipeline/compare/comparison.csv").open() as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert float(rows["kd_r18"]["synth_b rank1"]) == pytest.approx(12.5)
+    assert "cross-domain" in (pipeline_dir / "pipeline/compare/comparison.md").read_text()
+    # A target manifest elsewhere than where dvc.yaml reads it is refused.
+    tree["evaluate"]["targets"][0]["manifest"] = "elsewhere/synth_b.json"
+    write_params(pipeline_dir, tree)
+    with pytest.raises(ConfigError, match="pipeline/data/targets/synth_b.json"):
+        read_plan(pipeline_dir / "params.yaml")

@@ -148,6 +148,7 @@ def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path
     assert run.data.params["model.backbone"] == "resnet18"
     assert run.data.params["data.ids_per_batch"] == "4"
     assert set(tiny_config.flat()) <= set(run.data.params)
+    assert run.data.params["kd.feature_loss_coefficient"] == "-"  # the baseline distils nothing
     tags = run.data.tags
     assert tags["variant"] == "tiny_variant" and tags["backbone"] == "resnet18" and tags["kd_mode"] == "none"
     assert tags["dataset"] and tags["num_classes"] == str(synthetic_manifest.num_classes)
@@ -172,3 +173,44 @@ def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path
 
     state = load_checkpoint(local)  # a weights-only state dict file, not a pickled MLflow model
     assert state["mlflow_run_id"] == run.info.run_id and "optimizers" not in state
+
+
+def test_inactive_feature_keys_follow_the_features_the_run_uses() -> None:
+    """One rule (Config.inactive_keys) for MLflow and `reid compare`: a key counts only when read."""
+    from reid.config import INACTIVE, validate
+
+    baseline = Config()
+    flat = baseline.active_flat()
+    assert flat["kd.feature_loss_coefficient"] == INACTIVE and flat["kd.temperature"] == INACTIVE
+    assert flat["loss.center_lr"] == INACTIVE and flat["kd.self_distill"] is False and flat["loss.id_weight"] == 1.0
+    assert set(flat) == set(baseline.flat())
+
+    sd = validate({"kd": {"self_distill": True, "feature_loss_coefficient": 0.05}}).active_flat()
+    assert sd["kd.feature_loss_coefficient"] == 0.05 and sd["kd.teacher_stage"] == "layer3"
+    assert sd["kd.logit_weight"] == INACTIVE and sd["kd.temperature"] == INACTIVE  # no logit term reads it
+
+    offline = validate({"kd": {"teacher_checkpoint": "t.pt", "logit_weight": 1.0, "temperature": 8.0},
+                        "loss": {"center_weight": 5e-4}}).active_flat()
+    assert offline["kd.temperature"] == 8.0 and offline["kd.symmetric"] is False
+    assert offline["kd.feature_distance"] == INACTIVE  # teacher_feature_weight is 0
+    assert offline["kd.feature_loss_coefficient"] == INACTIVE and offline["loss.center_lr"] == 0.5
+
+
+@pytest.mark.slow
+def test_logged_params_show_inactive_distillation_keys_as_inactive(tiny_config, synthetic_manifest,
+                                                                    tmp_path: Path) -> None:
+    """MLflow's compare view: the baseline must not show an active-looking distillation coefficient."""
+    from reid.config import validate
+    from reid.engine.trainer import train
+
+    runs = {}
+    for name, kd in (("baseline", {}), ("sd", {"self_distill": True, "feature_loss_coefficient": 0.05})):
+        tree = tiny_config.model_dump(mode="json")
+        tree["train"].update({"epochs": 1, "max_steps_per_epoch": 1, "output_dir": str(tmp_path / name)})
+        tree["kd"].update(kd)
+        result = train(validate(tree, name), synthetic_manifest, variant=name, progress=False)
+        runs[name] = client_for(tmp_path).get_run(result.mlflow_run_id).data
+    assert runs["baseline"].params["kd.feature_loss_coefficient"] == "-"
+    assert runs["baseline"].params["kd.teacher_stage"] == "-" and runs["baseline"].tags["kd_mode"] == "none"
+    assert runs["sd"].params["kd.feature_loss_coefficient"] == "0.05" and runs["sd"].tags["kd_mode"] == "self"
+    assert runs["sd"].params["kd.teacher_stage"] == "layer3" and runs["sd"].params["kd.logit_weight"] == "-"

@@ -20,12 +20,14 @@ def command(
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Look up each model's MLflow run.")] = True,
 ) -> None:
     """Compare every model of the pipeline: metrics, kd settings, parameters and GMACs."""
-    from reid.commands.ui import project_base
+    from reid.commands._common import project_base
     from reid.compare import compare
 
     with clean_errors():
         result = compare(params, output, use_mlflow=mlflow, tracking_base=project_base(params))
     typer.echo(result.markdown)
+    if result.spread:
+        typer.echo(result.spread)
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     typer.echo("wrote " + ", ".join(str(p) for p in result.files))

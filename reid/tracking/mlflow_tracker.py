@@ -2,10 +2,10 @@
 
 Why a wrapper instead of calling ``mlflow.*`` in the trainer:
 
-* **Where runs go must not depend on the working directory.** A relative ``sqlite:///mlflow.db``
-  and a relative ``tracking.artifact_root`` are anchored at ``DVC_ROOT`` inside a DVC stage (the
-  main repository even under ``dvc exp run --temp``), else at ``base`` (the working directory by
-  default; ``reid train`` passes the folder of its params file, like ``reid ui``/``reid evaluate``).
+* **Where runs go is anchored once.** A relative ``sqlite:///mlflow.db`` and a relative
+  ``tracking.artifact_root`` are anchored at ``DVC_ROOT`` inside a DVC stage (the main repository
+  even under ``dvc exp run --temp``), else at ``base`` (the working directory by default, which is
+  what the commands pass too: every relative path of the parameters is relative to it).
   Experiments are created with an absolute artifact location for the same reason.
 * **Fail before training, not after it.** :meth:`Tracker.check` tests the store (an ``http(s)`` URI
   answers a short request; a sqlite file's folder is writable) and raises
@@ -197,7 +197,7 @@ class Tracker:
         tracker = Tracker(config.tracking, rank=rank)
         tracker.check()                       # fail fast, before any training
         with sigterm_as_interrupt(), tracker.start(run_id=resume_id, run_name=name, tags=tags):
-            tracker.log_params(config.flat())
+            tracker.log_params(config.active_flat())
             ...
     """
 

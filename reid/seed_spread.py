@@ -1,0 +1,187 @@
+"""Which differences between pipeline models exceed the run-to-run (seed) spread.
+
+A single training run is one draw: two runs of the same configuration with different ``train.seed``
+differ by some tenths to points of mAP, so a variant that beats the baseline by less than that has
+not shown anything. ``reid compare`` therefore reads the spread off the pipeline itself:
+
+* **Seed replicates**: models whose resolved configurations are equal except for ``train.seed``,
+  ``train.output_dir`` and ``tracking.run_name`` (what necessarily differs between two runs of one
+  configuration). Every model belongs to exactly one replicate group.
+* **References**: the group of the ``baseline``; and, for every other backbone, the group of the first
+  model (params order) with that backbone and no distillation (``kd.mode == "none"``): a student
+  is judged against the same network trained without a teacher, not against a bigger baseline.
+  A backbone without such a model falls back to the baseline group, and the table says so.
+* Per reference and metric: the mean over its replicates and the **spread = max - min** over them
+  (unknown with one run). Every other model's **delta = its value - the reference mean**; it is
+  *beyond the seed spread* when ``|delta| > spread``, and undecided when the spread is unknown.
+
+Only the reference's spread is used (a variant run once is compared with the reference's spread; a
+variant with replicates of its own shows each of them as a row). Values are the table's percentages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from reid.config import Config
+
+#: Metrics compared against the spread, in the table's order.
+SPREAD_KEYS: tuple[str, ...] = ("mAP", "rank1")
+#: Keys that may differ between replicates of one configuration.
+REPLICATE_FREE_KEYS: tuple[tuple[str, str], ...] = (
+    ("train", "seed"), ("train", "output_dir"), ("tracking", "run_name"),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pipeline model as far as the spread is concerned: its name, resolved config and metrics (percent)."""
+
+    name: str
+    config: Config
+    metrics: Mapping[str, float | None]
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.train.seed)
+
+
+def replicate_signature(config: Config) -> str:
+    """The configuration without what differs between replicates; equal signatures = seed replicates."""
+    tree = config.model_dump(mode="json")
+    for section, key in REPLICATE_FREE_KEYS:
+        tree.get(section, {}).pop(key, None)
+    return json.dumps(tree, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A replicate group that other models are measured against."""
+
+    name: str  # its first model in params order
+    runs: tuple[Run, ...]
+
+    def mean(self, key: str) -> float | None:
+        values = [r.metrics.get(key) for r in self.runs]
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known and len(known) == len(values) else None
+
+    def spread(self, key: str) -> float | None:
+        """max - min over the replicates; None with fewer than two runs (the spread is unknown)."""
+        values = [r.metrics.get(key) for r in self.runs]
+        if len(values) < 2 or any(v is None for v in values):
+            return None
+        return max(values) - min(values)  # type: ignore[type-var,operator]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One model against its reference: deltas to the reference mean and whether they exceed its spread."""
+
+    run: Run
+    reference: Reference
+    replicate: bool  # the model is one of the reference's own runs
+    fallback: bool  # no same-backbone no-KD model: measured against the baseline instead
+    delta: Mapping[str, float | None]
+    beyond: Mapping[str, bool | None]  # None: spread unknown (one run) or no value
+
+
+def _references(runs: Sequence[Run]) -> tuple[dict[str, Reference], Reference]:
+    """Replicate group of every run (by name) and the baseline's group (the first run's)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(replicate_signature(run.config), []).append(run)
+    by_run = {}
+    for members in groups.values():
+        ref = Reference(members[0].name, tuple(members))
+        for run in members:
+            by_run[run.name] = ref
+    return by_run, by_run[runs[0].name]
+
+
+def differences(runs: Sequence[Run]) -> list[Difference]:
+    """Every run against its reference (see the module docstring); ``runs[0]`` is the baseline."""
+    if not runs:
+        return []
+    group_of, baseline = _references(runs)
+    base_backbone = runs[0].config.model.backbone
+    own_reference: dict[str, Reference] = {base_backbone: baseline}
+    for run in runs:
+        backbone = run.config.model.backbone
+        if backbone not in own_reference and run.config.kd.mode == "none":
+            own_reference[backbone] = group_of[run.name]
+    out = []
+    for run in runs:
+        ref = own_reference.get(run.config.model.backbone, baseline)
+        replicate = group_of[run.name] is ref
+        delta: dict[str, float | None] = {}
+        beyond: dict[str, bool | None] = {}
+        for key in SPREAD_KEYS:
+            value, mean, spread = run.metrics.get(key), ref.mean(key), ref.spread(key)
+            d = None if value is None or mean is None else value - mean
+            delta[key] = d
+            beyond[key] = None if d is None or spread is None else abs(d) > spread
+        fallback = run.config.model.backbone not in own_reference
+        out.append(Difference(run, ref, replicate, fallback, delta, beyond))
+    return out
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def _verdict(diff: Difference) -> str:
+    if diff.replicate:
+        return "(replicate)"
+    verdict = diff.beyond.get("mAP")
+    if verdict is None:
+        return "spread unknown (one seed)" if diff.reference.spread("mAP") is None else "-"
+    return "yes" if verdict else "no"
+
+
+def spread_markdown(runs: Sequence[Run]) -> str:
+    """The references (mean, spread, runs) and every model's deltas, as markdown; '' without runs."""
+    diffs = differences(runs)
+    if not diffs:
+        return ""
+    lines = [
+        "## Differences and the seed spread",
+        "",
+        "Seed replicates = models whose configurations differ only in train.seed (and output_dir). "
+        "Spread = max - min over a reference's replicates; a delta is to the reference's mean and counts "
+        "(`*`, \"beyond seed spread: yes\") only when |delta| > spread. Students are measured against their "
+        "own backbone trained without distillation when the pipeline has one.",
+        "",
+    ]
+    seen: list[Reference] = []
+    for diff in diffs:
+        if any(diff.reference is r for r in seen):
+            continue
+        seen.append(diff.reference)
+        ref = diff.reference
+        runs_text = ", ".join(
+            f"{r.name} (seed {r.seed}) {r.metrics.get('mAP'):.1f}" if r.metrics.get("mAP") is not None
+            else f"{r.name} (seed {r.seed}) -" for r in ref.runs
+        )
+        parts = []
+        for key in SPREAD_KEYS:
+            mean, spread = ref.mean(key), ref.spread(key)
+            mean_text = "-" if mean is None else f"{mean:.1f}"
+            spread_text = "unknown (one seed)" if spread is None else f"{spread:.1f}"
+            parts.append(f"{key} mean {mean_text}, spread {spread_text}")
+        lines.append(f"- reference **{ref.name}** ({ref.runs[0].config.model.backbone}, {len(ref.runs)} run"
+                     f"{'s' if len(ref.runs) != 1 else ''}): {'; '.join(parts)}; mAP per run: {runs_text}")
+    lines += ["", "| model | reference | " + " | ".join(f"{k} | Δ {k}" for k in SPREAD_KEYS)
+              + " | beyond seed spread (mAP) |",
+              "|" + "|".join("---" for _ in range(3 + 2 * len(SPREAD_KEYS))) + "|"]
+    for diff in diffs:
+        cells = [diff.run.name, diff.reference.name + (" (other backbone)" if diff.fallback else "")]
+        for key in SPREAD_KEYS:
+            value = diff.run.metrics.get(key)
+            mark = "*" if diff.beyond.get(key) and not diff.replicate else ""
+            cells += ["-" if value is None else f"{value:.1f}", _signed(diff.delta[key]) + mark]
+        cells.append(_verdict(diff))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
