@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from reid.commands import compare, evaluate, prepare, synth, train, ui
+from reid.commands import compare, evaluate, export, extract, prepare, search, synth, train, ui
 
 app = typer.Typer(
     name="reid",
@@ -23,6 +23,9 @@ app.command("train")(train.command)
 app.command("evaluate")(evaluate.command)
 app.command("compare")(compare.command)
 app.command("ui")(ui.command)
+app.command("export")(export.command)
+app.command("extract")(extract.command)
+app.command("search")(search.command)
 
 
 if __name__ == "__main__":  # pragma: no cover

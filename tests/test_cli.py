@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from reid.cli import app
 
-COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui")
+COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search")
 runner = CliRunner()
 
 
@@ -60,17 +60,21 @@ def option(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
-def test_ui_dry_run_binds_localhost_with_one_worker(tmp_path: Path) -> None:
+def test_ui_dry_run_binds_localhost_with_one_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     params = write_params(tmp_path, {"uri": "sqlite:///mlflow.db", "artifact_root": "mlruns"})
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     env, argv = dry_run(["--params", str(params)])
     assert argv[1:4] == ["-m", "mlflow", "ui"]
     assert option(argv, "--host") == "127.0.0.1"
     assert option(argv, "--port") == "5000"
     assert option(argv, "--workers") == "1"
     assert env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    # The relative sqlite store is the one beside params.yaml, whatever the working directory.
-    assert option(argv, "--backend-store-uri") == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
-    assert option(argv, "--default-artifact-root") == str((tmp_path / "mlruns").resolve())
+    # The relative sqlite store is relative to the working directory, like every relative path.
+    assert option(argv, "--backend-store-uri") == f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    assert option(argv, "--default-artifact-root") == str((work / "mlruns").resolve())
 
 
 def test_ui_host_port_and_absolute_uri_pass_through(tmp_path: Path) -> None:

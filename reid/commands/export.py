@@ -1,0 +1,75 @@
+"""``reid export``: a checkpoint's inference model to ONNX or TorchScript, checked against PyTorch.
+
+The logic lives in :mod:`reid.deploy.export`; this command resolves the options, prints the
+preprocessing contract and the parity result, and, when ``tracking.enabled`` in ``--params``, logs the
+file and its report to the model's MLflow run and registers a version (:mod:`reid.deploy.registry`).
+A failed parity check exits with code 2 after writing its report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from reid.commands._common import clean_errors
+
+
+def command(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `reid train` (e.g. pipeline/models/baseline/best.pt).")],
+    output: Annotated[Path, typer.Option("--output", help="File to write (e.g. model.onnx, model.ts).")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    images: Annotated[
+        Optional[list[Path]], typer.Option("--images", help="Images (files, folders, .txt lists) for the parity check; repeatable (default: the manifest's query set).")
+    ] = None,
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest whose query images the parity check uses (default: the checkpoint's data.manifest).")] = None,
+    num_images: Annotated[int, typer.Option("--num-images", min=1, help="Images in the parity check.")] = 32,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Minimum cosine similarity PyTorch vs export, per image.")] = 0.9999,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Parity report JSON (default: <output stem>.parity.json beside the output).")] = None,
+    params: Annotated[Path, typer.Option("--params", "-p", help="params.yaml whose tracking section says where to log (skipped when absent).")] = Path("params.yaml"),
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name for the registry (default: the checkpoint's folder).")] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow and register the model when tracking.enabled.")] = True,
+) -> None:
+    """Export the inference model (no classifier, dynamic batch) with its preprocessing contract, then check parity."""
+    with clean_errors():
+        from reid.commands._common import config_from_cli, project_base
+        from reid.commands.evaluate import checkpoint_run_id, model_name
+        from reid.deploy.export import FORMATS, ParityError, export_checkpoint
+        from reid.errors import ReidError
+
+        if format not in FORMATS:
+            raise ReidError(f"--format {format!r} is not supported; use one of {', '.join(FORMATS)}")
+        tracking = None
+        if track and params.is_file():
+            config = config_from_cli(params, None, None)
+            if config.tracking.enabled:
+                from reid.tracking import Tracker
+
+                tracking = config.tracking
+                Tracker(tracking, base=project_base(params)).check()  # fail before the export, not after
+        try:
+            path, meta, result, report_file = export_checkpoint(
+                checkpoint, format, output, images=images, manifest=manifest, num_images=num_images,
+                tolerance=tolerance, opset=opset, report_path=report)  # type: ignore[arg-type]
+        except ParityError:
+            typer.secho("the exported graph does not match PyTorch: see the report", fg=typer.colors.RED, err=True)
+            raise
+        typer.echo(f"wrote {path} ({format}, {path.stat().st_size / 2**20:.1f} MiB)")
+        typer.echo("preprocessing contract (stored in the file's metadata):")
+        for key in ("input_name", "input_height", "input_width", "channel_order", "layout", "value_range", "mean",
+                    "std", "output_name", "embedding_dim", "output_l2_normalized", "eval_distance", "flip",
+                    "backbone", "data_hash", "weights_hash"):
+            typer.echo(f"  {key}: {meta.get(key, '')}")
+        typer.echo(result.summary())
+        typer.echo(f"report: {report_file}")
+        if tracking is not None:
+            from reid.deploy.registry import log_export
+
+            model = name or model_name(checkpoint, None)
+            run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
+                                                     [path, report_file], path, result.to_dict(),
+                                                     base=project_base(params))
+            typer.echo(f"MLflow: {path.name} and its report logged to run {run_id}; registered as {registered} "
+                       f"version {version}")

@@ -1,0 +1,214 @@
+"""Export the inference module to ONNX or TorchScript, and check the export against PyTorch.
+
+Exporters: torch's own. ONNX uses the TorchScript-based exporter (``dynamo=False``): the newer
+``torch.export`` path needs ``onnxscript``, which this project does not depend on, and the classic
+exporter handles every backbone here (plain ResNets and IBN-a). The model is exported in eval mode
+(``TrainingMode.EVAL``: BatchNorm folds its running statistics). IBN-a's ``InstanceNorm2d`` keeps no
+running statistics, so in eval mode it still normalises each image by its own statistics, which is
+what ONNX ``InstanceNormalization`` computes; torch warns "instance_norm is set to train=True" for
+it, which is therefore expected and silenced here (the parity check is the proof).
+
+The batch dimension is dynamic (``batch``); height and width are fixed at the configured input size,
+which the contract in the file's metadata states (:mod:`reid.deploy.contract`).
+
+Parity check (:func:`parity_check`): the same real images go through the checkpoint's PyTorch model
+and through the exported file (ONNX Runtime or TorchScript), in batches of a size other than the
+export's example batch (exercising the dynamic axis); reported are the max absolute difference of the
+raw embeddings and the minimum cosine similarity per image. Below ``tolerance`` (default 0.9999 in
+fp32) the check fails with :class:`ParityError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from reid.atomic import atomic_target, write_text_atomic
+from reid.deploy.contract import INPUT_NAME, OUTPUT_NAME
+from reid.errors import ReidError
+
+ExportFormat = Literal["onnx", "torchscript"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = 0.9999
+EXAMPLE_BATCH = 2  # traced with 2 images; parity runs other batch sizes
+PARITY_BATCH = 5
+
+
+class ParityError(ReidError):
+    """The exported model's features differ from PyTorch's beyond the tolerance."""
+
+
+@dataclass
+class ParityReport:
+    """What :func:`parity_check` measured; ``passed`` is ``min_cosine >= tolerance``."""
+
+    format: str
+    file: str
+    num_images: int
+    max_abs_diff: float
+    min_cosine: float
+    mean_cosine: float
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return (f"parity {verdict}: {self.num_images} images, PyTorch vs {self.format}: max |diff| "
+                f"{self.max_abs_diff:.3g}, min cosine {self.min_cosine:.6f} (tolerance {self.tolerance})")
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, with the path and the fix, if ``path`` cannot be written (before a long export)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ReidError(f"cannot write {path} ({exc.strerror or exc}); choose a writable --output") from None
+    if path.is_dir():
+        raise ReidError(f"--output {path} is a folder; give a file name (e.g. {path / 'model.onnx'})")
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence the exporter's known, harmless warnings (see the module docstring)."""
+    with warnings.catch_warnings():
+        for pattern in (".*legacy TorchScript-based ONNX export.*", ".*instance_norm.*train=True.*",
+                        ".*Converting a tensor to a Python boolean.*", ".*torch.jit.trace.*is deprecated.*",
+                        ".*The feature will be removed.*", ".*torch.jit.*deprecated.*"):
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
+def export_module(module: nn.Module, fmt: ExportFormat, output: Path | str, metadata: dict[str, str],
+                  input_size: tuple[int, int], opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``module`` (eval mode, CPU, float32) to ``output`` with ``metadata``; atomically."""
+    if fmt not in FORMATS:
+        raise ReidError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    output = Path(output)
+    check_writable(output)
+    module = module.to("cpu").float().eval()
+    example = torch.zeros(EXAMPLE_BATCH, 3, int(input_size[0]), int(input_size[1]))
+    meta = {**metadata, "export_format": fmt}
+    with atomic_target(output) as tmp, _quiet_export(), torch.no_grad():
+        if fmt == "onnx":
+            meta["opset"] = str(opset)
+            _export_onnx(module, example, tmp, meta, opset)
+        else:
+            from reid.deploy.embedder import TS_META_FILE
+
+            traced = torch.jit.trace(module, example, check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={TS_META_FILE: json.dumps(meta, sort_keys=True)})
+    return output
+
+
+def _export_onnx(module: nn.Module, example: torch.Tensor, tmp: Path, meta: dict[str, str], opset: int) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ReidError("ONNX export needs onnx: pip install 'reid-toolkit[export]' (or pip install onnx onnxruntime)") from None
+    torch.onnx.export(
+        module, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
+        training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True, dynamo=False,
+    )
+    proto = onnx.load(str(tmp))
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    proto.doc_string = "reid inference model: " + json.dumps(meta, sort_keys=True)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+
+
+def parity_check(reference: Any, exported: Any, images: Sequence[Any], tolerance: float = DEFAULT_TOLERANCE,
+                 batch_size: int = PARITY_BATCH) -> ParityReport:
+    """Compare two embedders (:mod:`reid.deploy.embedder`) on ``images``; see the module docstring.
+
+    Both run without flip and without normalisation, so the comparison is of the graphs themselves.
+    """
+    if not images:
+        raise ParityError("the parity check got no images; give some with --images")
+    ref_flip, exp_flip = reference.flip, exported.flip
+    reference.flip = exported.flip = False
+    try:
+        a = reference.embed(images, batch_size=batch_size, normalize=False).astype(np.float64)
+        b = exported.embed(images, batch_size=batch_size, normalize=False).astype(np.float64)
+    finally:
+        reference.flip, exported.flip = ref_flip, exp_flip
+    if a.shape != b.shape:
+        raise ParityError(f"{exported.source}: embeddings of shape {b.shape}, PyTorch gives {a.shape}")
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+    return ParityReport(format=exported.kind, file=str(exported.source), num_images=int(a.shape[0]),
+                        max_abs_diff=float(np.abs(a - b).max()), min_cosine=float(cosine.min()),
+                        mean_cosine=float(cosine.mean()), tolerance=float(tolerance),
+                        passed=bool(cosine.min() >= tolerance))
+
+
+def write_report(report: ParityReport, path: Path | str, metadata: dict[str, str]) -> Path:
+    """The parity report (and the contract) as JSON: DVC's metrics file of the export stage."""
+    return write_text_atomic(path, json.dumps({**report.to_dict(), "metadata": metadata}, indent=2) + "\n")
+
+
+def parity_images(manifest: Path | str | None, given: Sequence[Path] | None, count: int) -> list[str]:
+    """The images of the parity check: ``given`` paths (files or folders), else ``count`` of the
+    manifest's query images spread evenly over the list (deterministic)."""
+    if given:
+        from reid.deploy.inputs import collect_images
+
+        return collect_images([Path(p) for p in given])[:max(count, 1)]
+    if manifest is None or not Path(manifest).is_file():
+        raise ReidError(f"the parity check needs real images: the manifest {manifest} does not exist; "
+                        "give --manifest or --images FOLDER")
+    from reid.data.manifest import load_manifest
+
+    query = load_manifest(manifest).query
+    if not query:
+        raise ReidError(f"{manifest} has no query images for the parity check; give --images FOLDER")
+    picks = np.unique(np.linspace(0, len(query) - 1, min(count, len(query))).round().astype(int))
+    return [query[i].path for i in picks]
+
+
+def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | str, *,
+                      images: Sequence[Any] | None = None, manifest: Path | str | None = None,
+                      num_images: int = 32, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
+                      report_path: Path | str | None = None) -> tuple[Path, dict[str, str], ParityReport, Path]:
+    """Export ``checkpoint`` and check parity: ``(file, metadata, report, report file)``.
+
+    The report is written whatever the outcome; a failed check then raises :class:`ParityError`
+    (the exported file stays for inspection, and the message says so).
+    """
+    from reid.deploy.embedder import TorchEmbedder, load_model
+    from reid.deploy.module import load_checkpoint_module
+
+    output = Path(output)
+    check_writable(output)
+    report_file = Path(report_path) if report_path else output.with_name(output.stem + ".parity.json")
+    check_writable(report_file)
+    _, module, config, meta = load_checkpoint_module(checkpoint, "cpu")
+    paths = parity_images(manifest or config.data.manifest, images, num_images)
+    size = (int(config.data.height), int(config.data.width))
+    export_module(module, fmt, output, meta, size, opset)
+    exported = load_model(output, device="cpu", flip=False)
+    reference = TorchEmbedder(Path(checkpoint), module, meta, torch.device("cpu"), False, kind="pytorch")
+    report = parity_check(reference, exported, paths, tolerance)
+    write_report(report, report_file, exported.metadata)
+    if not report.passed:
+        raise ParityError(f"{report.summary()}. The export {output} does not reproduce the PyTorch features; "
+                          f"do not use it (report: {report_file}).")
+    return output, exported.metadata, report, report_file

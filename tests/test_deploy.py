@@ -1,0 +1,428 @@
+"""Using a trained model: export + parity, the embedder API, extract/search round trip, registry, bad input.
+
+The models are trained for two steps on eight synthetic training images (64 x 32 input) and saved as
+``reid train`` checkpoints, once per module: a plain ResNet18 (with a run in a test MLflow store, for
+the registry test) and a ResNet50-IBN-a (its InstanceNorm must export in eval mode). The full trainer
+is not used: its end-of-run evaluation would double the time on a shared 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from reid.deploy.contract import ContractError  # noqa: E402
+from reid.deploy.embedder import load_model  # noqa: E402
+from reid.deploy.export import ParityError, export_checkpoint, export_module, parity_check  # noqa: E402
+from reid.errors import ReidError  # noqa: E402
+
+
+def _config(root: Path, out: Path, backbone: str, tracked: bool):
+    from reid.config import validate
+
+    return validate({
+        "data": {"root": str(root), "manifest": str(out / "manifest.json"), "height": 64, "width": 32,
+                 "padding": 4, "ids_per_batch": 4, "instances_per_id": 4, "test_batch_size": 64, "num_workers": 0,
+                 "input_pipeline": "cpu"},
+        "model": {"backbone": backbone, "pretrained": "none", "channels_last": False},
+        "optim": {"warmup_epochs": 1, "milestones": [2]},
+        "train": {"epochs": 1, "eval_every": 1, "device": "cpu", "amp": "off", "max_steps_per_epoch": 2,
+                  "output_dir": str(out / "models" / backbone), "log_every_steps": 1},
+        "eval": {"num_ranked_lists": 0},
+        "tracking": {"enabled": tracked, "uri": f"sqlite:///{out / 'mlflow.db'}",
+                     "artifact_root": str(out / "mlruns"), "experiment": "deploy-tests"},
+    }, "deploy test config")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synthetic_manifest) -> Path:
+    from reid.data.manifest import write_manifest
+
+    out = tmp_path_factory.mktemp("deploy")
+    write_manifest(synthetic_manifest, out / "manifest.json")
+    return out
+
+
+def _train_steps(config, manifest, steps: int = 2):
+    """A model after a few optimiser steps on synthetic training images, as a ``reid train`` checkpoint.
+
+    The steps move the BatchNorm running statistics and the weights away from their initial values,
+    so an export that used batch statistics, or lost a layer, shows in the parity check.
+    """
+    from reid.data.images import load_images
+    from reid.data.transforms import TestTransform
+    from reid.models.reid_model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(config, manifest.num_classes).train()
+    picks = list(range(0, len(manifest.train), max(1, len(manifest.train) // 8)))[:8]
+    images, _ = load_images([manifest.train[i] for i in picks])
+    batch = TestTransform(config.data)(images)
+    labels = torch.as_tensor([manifest.train_labels[i] for i in picks])
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(batch)["logits"], labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
+    """``backbone -> (best.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    from reid.engine.checkpoint import save_checkpoint
+    from reid.tracking import Tracker
+
+    done: dict[str, tuple[Path, object]] = {}
+
+    def get(backbone: str):
+        if backbone not in done:
+            config = _config(synthetic_root, workdir, backbone, tracked=backbone == "resnet18")
+            run_id = None
+            if config.tracking.enabled:
+                tracker = Tracker(config.tracking)
+                client = MlflowClient(tracking_uri=tracker.uri)
+                run = client.create_run(tracker.experiment_id(), run_name=f"train-{backbone}")
+                client.set_terminated(run.info.run_id)
+                run_id = run.info.run_id
+            model = _train_steps(config, synthetic_manifest)
+            path = save_checkpoint({
+                "config": config.model_dump(mode="json"), "num_classes": synthetic_manifest.num_classes,
+                "epoch": 1, "global_step": 2, "model": model.state_dict(), "mlflow_run_id": run_id,
+                "data_hash": synthetic_manifest.content_hash,
+            }, Path(config.train.output_dir) / "best.pt")
+            done[backbone] = (path, config)
+        return done[backbone]
+
+    return get
+
+
+# -- export and parity -------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50_ibn_a"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_passes_the_parity_check(trained, workdir: Path, backbone: str, fmt: str) -> None:
+    ckpt, config = trained(backbone)
+    out = workdir / "export" / f"{backbone}.{'onnx' if fmt == 'onnx' else 'ts'}"
+    path, meta, report, report_file = export_checkpoint(ckpt, fmt, out, num_images=6)  # type: ignore[arg-type]
+    assert report.passed and report.min_cosine >= 0.9999 and report.num_images == 6
+    saved = json.loads(report_file.read_text())
+    assert saved["passed"] is True and saved["metadata"]["backbone"] == backbone
+    # The contract travels in the file and is read back by the embedder.
+    exported = load_model(path, device="cpu")
+    assert exported.input_size == (64, 32) and exported.metadata["channel_order"] == "RGB"
+    assert json.loads(exported.metadata["mean"]) == list(config.data.mean)
+    assert exported.metadata["output_l2_normalized"] == "false"
+    assert exported.embedding_dim == (512 if backbone == "resnet18" else 2048)
+    # Inference graph only: no classifier weights, and any batch size.
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load(str(path))
+        assert not any("classifier" in init.name for init in proto.graph.initializer)
+        assert isinstance(exported.session.get_inputs()[0].shape[0], str)  # symbolic batch axis
+    else:
+        assert not any(k.startswith("classifier") for k in exported.module.state_dict())
+    images = [torch.randint(0, 256, (3, 70, 30), dtype=torch.uint8) for _ in range(3)]
+    assert exported.embed(images).shape == (3, exported.embedding_dim)
+
+
+class _NormalisedTwice(nn.Module):
+    """The classic export bug: the graph normalises again what the caller already normalised."""
+
+    def __init__(self, inner: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner((x - self.mean) / self.std)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_corrupted_export_fails_the_parity_check(trained, workdir: Path, synthetic_manifest, fmt: str) -> None:
+    from reid.deploy.embedder import TorchEmbedder
+    from reid.deploy.module import load_checkpoint_module
+
+    ckpt, config = trained("resnet18")
+    _, module, _, meta = load_checkpoint_module(ckpt)
+    bad = export_module(_NormalisedTwice(module, config.data.mean, config.data.std), fmt,  # type: ignore[arg-type]
+                        workdir / "bad" / f"bad.{'onnx' if fmt == 'onnx' else 'ts'}", meta, (64, 32))
+    reference = TorchEmbedder(ckpt, module, meta, torch.device("cpu"), False, kind="pytorch")
+    report = parity_check(reference, load_model(bad, device="cpu"), [s.path for s in synthetic_manifest.query[:8]])
+    assert not report.passed and report.min_cosine < 0.9999
+
+
+@pytest.mark.slow
+def test_export_command_prints_the_contract_and_fails_loudly(trained, workdir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+
+    ckpt, _ = trained("resnet18")
+    out = workdir / "cli" / "model.onnx"
+    ok = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--output", str(out), "--num-images", "6",
+                                  "--params", str(workdir / "absent.yaml")])
+    assert ok.exit_code == 0, ok.output
+    assert "input_height: 64" in ok.output and "channel_order: RGB" in ok.output and "parity passed" in ok.output
+    # A tolerance no export can meet: non-zero exit, the numbers, and the report says failed.
+    bad = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--output", str(out), "--num-images", "6",
+                                   "--tolerance", "1.5", "--params", str(workdir / "absent.yaml")])
+    assert bad.exit_code == 2 and "parity FAILED" in bad.output and "Traceback" not in bad.output
+    assert json.loads((out.parent / "model.parity.json").read_text())["passed"] is False
+
+
+# -- the Python API ----------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("flip", [False, True])
+def test_embed_equals_the_evaluation_features(trained, synthetic_manifest, flip: bool) -> None:
+    from PIL import Image
+
+    from reid import load_model as api_load_model
+    from reid.data.images import decode_image
+    from reid.data.loaders import build_test_loader
+    from reid.evaluation.features import extract_features
+    from reid.models.inference import load_inference_model
+
+    ckpt, config = trained("resnet18")
+    query = synthetic_manifest.query
+    model, _ = load_inference_model(ckpt, "cpu")
+    expected = extract_features(model, build_test_loader(query, config, "cpu"), "cpu", flip=flip)
+    embedder = api_load_model(ckpt, device="cpu", flip=flip)
+    assert embedder.device == torch.device("cpu") and embedder.input_size == (64, 32)
+    got = embedder.embed([s.path for s in query], normalize=False)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+    # Other image forms give the same features as the paths.
+    chw = decode_image(query[0].path)
+    forms = [Image.open(query[0].path), chw.permute(1, 2, 0).numpy(), chw, chw.numpy()]
+    for form in forms:
+        torch.testing.assert_close(torch.from_numpy(embedder.embed(form, normalize=False))[0], expected[0],
+                                   rtol=1e-4, atol=1e-5)
+    unit = embedder.embed([query[0].path])  # default: normalised as configured (cosine)
+    assert np.linalg.norm(unit[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_import_reid_stays_cheap() -> None:
+    code = "import sys, reid; assert callable(reid.load_model); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- extract + search --------------------------------------------------------------------------------
+def test_topk_search_is_exact_and_chunking_changes_nothing() -> None:
+    from reid.deploy.gallery import topk_search
+
+    rng = np.random.default_rng(0)
+    gallery = rng.integers(-3, 4, (257, 6)).astype(np.float32)  # integer features: exact distances, real ties
+    queries = rng.integers(-3, 4, (9, 6)).astype(np.float32)
+    full = ((queries[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+    expected = np.argsort(full, axis=1, kind="stable")[:, :7]
+    for chunk in (1, 5, 64, 10_000):
+        dist, idx = topk_search(queries, gallery, 7, cosine=False, chunk_size=chunk)
+        np.testing.assert_array_equal(idx, expected)
+        np.testing.assert_array_equal(dist, np.take_along_axis(full, expected, 1))
+    assert topk_search(queries, gallery[:3], 7, cosine=False)[1].shape == (9, 3)
+
+
+@pytest.mark.slow
+def test_extract_and_search_round_trip_matches_the_evaluation(trained, workdir: Path, synthetic_manifest) -> None:
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+    from reid.data.loaders import build_test_loader
+    from reid.deploy.gallery import load_features
+    from reid.evaluation.distance import distance_producer
+    from reid.evaluation.features import extract_features
+    from reid.evaluation.metrics import ranked_lists
+    from reid.models.inference import load_inference_model
+
+    ckpt, config = trained("resnet18")
+    query, gallery = synthetic_manifest.query, synthetic_manifest.gallery
+    gal = workdir / "rt" / "gallery.npz"
+    res = CliRunner().invoke(app, ["extract", "--split", "gallery", "--manifest", str(workdir / "manifest.json"),
+                                   "--model", str(ckpt), "--output", str(gal), "--device", "cpu",
+                                   "--params", str(workdir / "absent.yaml")])
+    assert res.exit_code == 0, res.output
+    assert "img/s" in res.output  # the throughput line
+    ff = load_features(gal)
+    assert ff.features.dtype == np.float32 and ff.features.shape[0] == len(gallery) and ff.normalized
+    assert list(ff.pids) == [s.pid for s in gallery] and list(ff.camids) == [s.camid for s in gallery]
+
+    listing = workdir / "rt" / "queries.txt"
+    listing.write_text("\n".join(s.path for s in query) + "\n")
+    results = workdir / "rt" / "results.json"
+    picture = workdir / "rt" / "search.png"
+    res = CliRunner().invoke(app, ["search", str(listing), "--gallery", str(gal), "--top-k", "5", "--json",
+                                   str(results), "--output", str(picture), "--chunk-size", "7", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert picture.is_file() and str(picture) in res.output
+    found = json.loads(results.read_text())["queries"]
+
+    # The evaluation's ranking of the same images (no junk removal: search does not know cameras).
+    model, _ = load_inference_model(ckpt, "cpu")
+    qf = extract_features(model, build_test_loader(query, config, "cpu"), "cpu")
+    gf = extract_features(model, build_test_loader(gallery, config, "cpu"), "cpu")
+    produce = distance_producer(qf, gf, config.eval.distance, config.eval.normalize)
+    lists = ranked_lists(produce, range(len(query)), [s.pid for s in query], [s.pid for s in gallery],
+                         [s.camid for s in query], [s.camid for s in gallery], size=2, cross_camera=False)
+    for i, row in enumerate(found):
+        assert row["query"] == query[i].path
+        top = row["results"][0]["index"]
+        expected = int(lists.gallery_index[i, 0])
+        if top != expected:  # only a tie may order differently
+            d = produce(i, i + 1)[0]
+            assert float(d[top]) == pytest.approx(float(d[expected]), abs=1e-6), (i, top, expected)
+
+    # The ONNX export extracts the same gallery (up to float error) and can search it.
+    onnx_file, *_ = export_checkpoint(ckpt, "onnx", workdir / "rt" / "model.onnx", num_images=4)
+    gal2 = workdir / "rt" / "gallery_onnx.npz"
+    res = CliRunner().invoke(app, ["extract", "--split", "gallery", "--manifest", str(workdir / "manifest.json"),
+                                   "--model", str(onnx_file), "--output", str(gal2), "--params", str(workdir / "absent.yaml")])
+    assert res.exit_code == 0, res.output
+    cos = (load_features(gal2).features * ff.features).sum(1)
+    assert cos.min() >= 0.9999
+    res = CliRunner().invoke(app, ["search", query[0].path, "--gallery", str(gal), "--model", str(onnx_file),
+                                   "--threshold", "0.5", "--output", str(picture), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "same" in res.output or "different" in res.output
+
+
+# -- tracking ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_export_is_logged_to_the_training_run_and_registered(trained, workdir: Path) -> None:
+    import yaml
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+    from reid.engine.checkpoint import read_entry
+
+    ckpt, config = trained("resnet18")
+    run_id = read_entry(ckpt, "mlflow_run_id")
+    assert run_id, "the tracked fixture run must record its MLflow run"
+    params = workdir / "params.yaml"
+    params.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = workdir / "reg" / "model.onnx"
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["export", str(ckpt), "--output", str(out), "--num-images", "4",
+                                       "--params", str(params), "--name", "baseline"])
+        assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=config.tracking.uri, registry_uri=config.tracking.uri)
+    logged = {f.path for f in client.list_artifacts(run_id, "export")}
+    assert {"export/model.onnx", "export/model.parity.json"} <= logged
+    versions = client.search_model_versions("name='deploy-tests-baseline'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+    assert all(v.run_id == run_id and v.source.endswith("export/model.onnx") for v in versions)
+    assert client.get_run(run_id).data.metrics["export/min_cosine"] >= 0.9999
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def test_not_a_reid_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+
+    bogus = tmp_path / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, bogus)
+    with pytest.raises(ReidError, match="not a reid checkpoint"):
+        load_model(bogus, device="cpu")
+    res = CliRunner().invoke(app, ["export", str(bogus), "--output", str(tmp_path / "m.onnx"),
+                                   "--params", str(tmp_path / "absent.yaml")])
+    assert res.exit_code == 2 and str(bogus) in res.output and "Traceback" not in res.output
+
+
+def test_onnx_without_our_metadata_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval(),
+                      (torch.zeros(1, 3, 8, 8),), str(plain), dynamo=False)
+    with pytest.raises(ContractError, match="no reid metadata") as err:
+        load_model(plain, device="cpu")
+    assert str(plain) in str(err.value) and "reid export" in str(err.value)
+
+
+def test_folder_without_images_is_a_clear_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+    from reid.deploy.inputs import collect_images
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt.bak").write_text("not an image")
+    with pytest.raises(ReidError, match="no images") as err:
+        collect_images([empty])
+    assert str(empty) in str(err.value)
+    res = CliRunner().invoke(app, ["extract", str(empty), "--model", str(tmp_path / "m.onnx"),
+                                   "--params", str(tmp_path / "absent.yaml")])
+    assert res.exit_code == 2 and "no images" in res.output
+
+
+@pytest.mark.slow
+def test_gallery_of_another_model_is_refused(trained, workdir: Path, synthetic_manifest) -> None:
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+    from reid.deploy.gallery import FeatureFile, load_features, save_features
+
+    ckpt, _ = trained("resnet18")
+    other, _ = trained("resnet50_ibn_a")
+    gal = workdir / "other" / "gallery.npz"
+    images = [s.path for s in synthetic_manifest.gallery[:6]]
+    res = CliRunner().invoke(app, ["extract", *images, "--model", str(ckpt), "--output", str(gal),
+                                   "--params", str(workdir / "absent.yaml")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["search", images[0], "--gallery", str(gal), "--model", str(other),
+                                   "--output", str(workdir / "other" / "s.png")])
+    assert res.exit_code == 2 and "another model" in res.output and "embedding_dim" in res.output
+    # Same architecture, other weights: the weights hash tells them apart.
+    ff = load_features(gal)
+    ff.metadata["weights_hash"] = "0" * 16
+    save_features(gal, FeatureFile(ff.paths, ff.features, ff.pids, ff.camids, ff.normalized, ff.metadata))
+    res = CliRunner().invoke(app, ["search", images[0], "--gallery", str(gal), "--model", str(ckpt),
+                                   "--output", str(workdir / "other" / "s.png")])
+    assert res.exit_code == 2 and "weights_hash" in res.output and str(gal) in res.output
+
+
+@pytest.mark.slow
+def test_unwritable_outputs_and_corrupt_images(trained, workdir: Path, synthetic_manifest) -> None:
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+    from reid.deploy.gallery import load_features
+
+    ckpt, _ = trained("resnet18")
+    blocker = workdir / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ReidError, match="cannot write") as err:
+        export_checkpoint(ckpt, "onnx", blocker / "model.onnx")
+    assert str(blocker / "model.onnx") in str(err.value)
+    images = [s.path for s in synthetic_manifest.query[:3]]
+    res = CliRunner().invoke(app, ["extract", *images, "--model", str(ckpt), "--output", str(blocker / "g.npz"),
+                                   "--params", str(workdir / "absent.yaml")])
+    assert res.exit_code == 2 and "cannot write" in res.output
+
+    broken = workdir / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    out = workdir / "skip.npz"
+    res = CliRunner().invoke(app, ["extract", *images, str(broken), "--model", str(ckpt), "--output", str(out),
+                                   "--params", str(workdir / "absent.yaml")])
+    assert res.exit_code == 2 and str(broken) in res.output
+    res = CliRunner().invoke(app, ["extract", *images, str(broken), "--model", str(ckpt), "--output", str(out),
+                                   "--corrupt-images", "skip", "--params", str(workdir / "absent.yaml")])
+    assert res.exit_code == 0, res.output
+    assert load_features(out).paths == images
