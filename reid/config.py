@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -35,10 +35,26 @@ Stage = Literal["layer1", "layer2", "layer3", "layer4"]
 STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 
 
+class SourceConfig(_Section):
+    """One dataset of a joint (multi-source) training set, ``data.sources``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description="names the source in notes and errors")
+    format: str = Field(description="dataset layout, one of the data.format values")
+    root: Path = Field(description="dataset folder, anchored like data.root")
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        allowed = get_args(DataConfig.model_fields["format"].annotation)
+        if v not in allowed:
+            raise ValueError(f"unknown dataset format; one of {', '.join(allowed)}")
+        return v
+
+
 class DataConfig(_Section):
     """Where the images come from and how a training batch is drawn and augmented."""
 
-    format: Literal["market1501", "veri776", "folder"] = "market1501"
+    format: Literal["market1501", "veri776", "folder", "pack", "dukemtmc", "cuhk03", "msmt17", "vehicleid"] = "market1501"
     root: Path = Path("../shared/data/Market-1501-v15.09.15")
     manifest: Path = Path("pipeline/data/manifest.json")
     height: int = Field(256, ge=16, le=1024)
@@ -49,11 +65,28 @@ class DataConfig(_Section):
     padding: int = Field(10, ge=0)
     random_erasing_prob: float = Field(0.5, ge=0.0, le=1.0)
     ids_per_batch: int = Field(16, ge=2, description="P: identities per batch")
-    instances_per_id: int = Field(4, ge=1, description="K: images per identity per batch")
+    instances_per_id: int = Field(4, ge=1, description="K: images per identity per batch (an identity with fewer "
+                                  "images is drawn with replacement; `reid prepare` counts them)")
     test_batch_size: int = Field(256, ge=1)
     num_workers: int = Field(4, ge=0)
     input_pipeline: Literal["auto", "gpu", "cpu"] = "auto"
     corrupt_images: Literal["fail", "skip"] = "fail"
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="joint training: a list of {name, format, root} read instead of "
+        "format/root into one manifest, identities and cameras offset per source")
+    allow_id_overlap: bool = Field(
+        False, description="folder format: accept the same identity folder in train/ and query/ or gallery/ "
+        "(otherwise refused as a train/test leak)")
+    cameras: Literal["auto", "none"] = Field(
+        "auto", description="none: the data has no camera ids (folder format: no `<camera>_` prefix); evaluation "
+        "then counts same-camera matches by itself. VehicleID is always none")
+    cuhk03_variant: Literal["detected", "labeled"] = Field(
+        "detected", description="cuhk03 format: the CUHK03-NP box source (detected/ or labeled/ folder)")
+    msmt17_use_val: bool = Field(
+        True, description="msmt17 format: train on list_train.txt + list_val.txt (the official 32,621 images); "
+        "false: list_train.txt only (30,248)")
+    vehicleid_test_size: Literal[800, 1600, 2400] = Field(
+        800, description="vehicleid format: the test list (test_list_800/1600/2400.txt: small/medium/large)")
 
     @field_validator("std")
     @classmethod
@@ -126,7 +159,7 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     """How long to train, on what, and where the results go."""
 
-    epochs: int = Field(120, ge=1)
+    epochs: int = Field(120, ge=0)  # 0: no training, the initial model is evaluated (a reference point)
     eval_every: int = Field(10, ge=1, description="evaluate every N epochs (and always after the last)")
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
@@ -162,6 +195,11 @@ class KDConfig(_Section):
     student_stages: list[Stage] = Field(default_factory=lambda: ["layer1", "layer2"])
     feature_loss_coefficient: float = Field(0.03, ge=0.0)
     feature_distance: Literal["l2", "mse", "cosine"] = "l2"
+    feature_reduction: Literal["sample_mean", "batch_norm"] = Field(
+        "sample_mean",
+        description="sample_mean: per-sample distance, batch mean, mean over student stages; batch_norm: the "
+        "seed's coef * torch.dist over the whole batch (grows with sqrt(B)), summed over stages, l2 only",
+    )
     stage_head_id_weight: float = Field(1.0, ge=0.0, description="supervised loss that trains every stage head")
     self_logit_weight: float = Field(0.0, ge=0.0, description="logit KD from the teacher stage's classifier")
     # Offline teacher -> student.
@@ -179,6 +217,9 @@ class KDConfig(_Section):
             raise ValueError(f"student_stages {bad} must be shallower than teacher_stage {self.teacher_stage!r}")
         if self.self_distill and not self.student_stages:
             raise ValueError("self_distill needs at least one student stage")
+        if self.feature_reduction == "batch_norm" and self.feature_distance != "l2":
+            raise ValueError(f"feature_reduction batch_norm (torch.dist over the batch) needs feature_distance l2, "
+                             f"got {self.feature_distance!r}; use feature_reduction sample_mean for mse/cosine")
         return self
 
     @property
@@ -201,6 +242,10 @@ class EvalConfig(_Section):
     ranks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
     max_rank: int = Field(50, ge=1)
     cross_camera: bool = True
+    gallery_draws: int = Field(10, ge=1, description="VehicleID protocol: random one-image-per-id galleries, "
+                               "metrics averaged over them")
+    gallery_seed: int = Field(0, ge=0, description="VehicleID protocol: seed of the gallery draws (draw 0 of "
+                              "seed 0 is the manifest's split)")
     chunk_size: int = Field(512, ge=1, description="queries ranked at once; bounds memory")
     rerank: bool = False
     rerank_k1: int = Field(20, ge=1)
@@ -236,6 +281,46 @@ class Config(_Section):
     def flat(self) -> dict[str, Any]:
         """Every resolved parameter as ``{"section.key": value}`` (for MLflow and tables)."""
         return flatten(self.model_dump(mode="json"))
+
+    def inactive_keys(self) -> set[str]:
+        """The ``section.key`` names of settings that nothing in this run reads (see :func:`inactive_keys`)."""
+        return inactive_keys(self)
+
+    def active_flat(self) -> dict[str, Any]:
+        """:meth:`flat` with every inactive key's value shown as :data:`INACTIVE`, as MLflow logs it.
+
+        Why: a baseline that logs ``kd.feature_loss_coefficient = 0.03`` looks, in MLflow's compare
+        view, like a run distilled with coefficient 0.03. params.yaml (and ``dvc exp show``, which reads
+        it) still holds every value as written; only the logged run says which ones had an effect.
+        """
+        inactive = self.inactive_keys()
+        return {k: (INACTIVE if k in inactive else v) for k, v in self.flat().items()}
+
+
+#: The value MLflow logs for a setting that the run's features do not use (see Config.active_flat).
+INACTIVE = "-"
+
+
+def inactive_keys(config: Config) -> set[str]:
+    """The one rule of which settings a run does not use, shared by MLflow logging and ``reid compare``.
+
+    Self-distillation keys count only with ``kd.self_distill``; offline-teacher keys only with a
+    ``kd.teacher_checkpoint``; a key shared by both (distance, reduction, temperature) only when a term
+    that reads it has a weight above 0; the centre loss's learning rate only with ``loss.center_weight``.
+    """
+    kd, loss = config.kd, config.loss
+    self_on, offline = kd.self_distill, kd.offline
+    active = {
+        "kd.teacher_stage": self_on, "kd.student_stages": self_on, "kd.feature_loss_coefficient": self_on,
+        "kd.stage_head_id_weight": self_on, "kd.self_logit_weight": self_on,
+        "kd.logit_weight": offline, "kd.teacher_feature_weight": offline,
+        "kd.symmetric": offline and kd.logit_weight > 0,
+        "kd.temperature": (self_on and kd.self_logit_weight > 0) or (offline and kd.logit_weight > 0),
+        "kd.feature_distance": (self_on and kd.feature_loss_coefficient > 0) or (offline and kd.teacher_feature_weight > 0),
+        "kd.feature_reduction": (self_on and kd.feature_loss_coefficient > 0) or (offline and kd.teacher_feature_weight > 0),
+        "loss.center_lr": loss.center_weight > 0,
+    }
+    return {key for key, on in active.items() if not on}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -355,6 +440,10 @@ def load_config(path: Path | str = "params.yaml", variant: str | None = None, ov
     path = Path(path)
     tree = read_params(path)
     source = str(path) + (f" (variant {variant!r})" if variant else "")
+    if overrides:
+        # Validate the file alone first, so that a typo in `-o key=value` is blamed on the override.
+        validate(resolve_tree(tree, variant), source)
+        source = f"the override(s) {', '.join(overrides)} (-o, applied to {source})"
     config = validate(resolve_tree(tree, variant, overrides), source)
     for name, delta in (tree.get("variants") or {}).items():
         # A broken variant should fail now, not when its stage is finally reached.

@@ -8,9 +8,13 @@
 #    committed here is modified;
 # 3. generates a small synthetic Market-format dataset there (`reid synth`), and writes the CPU-sized
 #    parameters of scripts/quickstart_params.yaml as that copy's params.yaml;
+#    plus a second synthetic domain (other people, other camera style), the cross-domain target;
 # 4. runs the same dvc.yaml as the real experiment end to end (`dvc repro`): prepare, baseline,
-#    self-distillation and offline-KD variants, evaluation of each, comparison;
-# 5. prints the comparison table and how to open the MLflow UI on those runs.
+#    self-distillation and offline-KD variants, evaluation of each on its own test split and on the
+#    second domain, comparison (with a cross-domain column);
+# 5. extracts the gallery with the baseline's ONNX export (stage export@baseline) and searches it for one
+#    query image (reid extract / reid search), printing where the ranked-list picture is;
+# 6. prints the comparison table and how to open the MLflow UI on those runs.
 #
 # Environment: REID_QUICKSTART_DIR (default .quickstart), PYTHON and REID_VENV (see setup_venv.sh).
 # The synthetic data is for trying the tools only; its numbers say nothing about Market-1501.
@@ -50,6 +54,10 @@ say "Synthetic Market-format dataset (data/synthetic-market)"
 reid synth data/synthetic-market --num-train-ids 24 --num-test-ids 16 --cameras 3 --images-per-id 8 \
   --height 64 --width 32 --seed 0
 
+say "A second synthetic domain, the cross-domain target (data/synthetic-domain-b)"
+reid synth data/synthetic-domain-b --num-train-ids 4 --num-test-ids 16 --cameras 3 --images-per-id 8 \
+  --height 64 --width 32 --seed 0 --domain 1
+
 git init -q
 printf '/data/\n' >> .git/info/exclude   # generated input, not part of the project
 git add -A
@@ -60,6 +68,13 @@ dvc repro
 git add -A
 git -c user.name=quickstart -c user.email=quickstart@localhost commit -qm "quickstart: pipeline results" || true
 
+say "Use the baseline: its ONNX export (stage export@baseline), a gallery, one search"
+head -n 9 pipeline/export/baseline/model.parity.json
+reid extract --split gallery --manifest pipeline/data/manifest.json --model pipeline/export/baseline/model.onnx \
+  --output search/gallery.npz
+query_image=$(find data/synthetic-market/query -name '*.jpg' | sort | head -n 1)
+reid search "$query_image" --gallery search/gallery.npz --top-k 5 --output search/search.png
+
 elapsed=$(( $(date +%s) - started ))
 say "Comparison (pipeline/compare/comparison.md)"
 cat pipeline/compare/comparison.md
@@ -67,7 +82,10 @@ cat <<EOF
 
 Quickstart finished in $((elapsed / 60)) min $((elapsed % 60)) s. Everything is in $QS:
   models         pipeline/models/<name>/best.pt   metrics  pipeline/eval/<name>/metrics.json
+  cross-domain   pipeline/eval/<name>/targets/synth_b/metrics.json (eval/synth_b/* in MLflow)
   comparison     pipeline/compare/comparison.{md,csv,png}
+  exported model pipeline/export/baseline/model.onnx (+ model.parity.json)
+  search         search/search.png  (ranked list of $query_image; gallery features in search/gallery.npz)
 
 Look around (PATH needs $VENV/bin, or activate it: source $VENV/bin/activate):
   cd $QS

@@ -43,8 +43,8 @@ def run(args: list[str], cwd: Path, check: bool = True, timeout: float = 600) ->
     return proc
 
 
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check)
+def dvc(*args: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check, timeout)
 
 
 def copy_project(dest: Path) -> Path:
@@ -122,9 +122,11 @@ def test_stage_params_isolate_each_variant(tmp_path: Path) -> None:
     stages = stage_declarations(repo)
     variants = list(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])
     expected = {"prepare", "train_baseline", "compare"} | {f"train_kd@{v}" for v in variants} | {
-        f"evaluate@{m}" for m in [BASELINE, *variants]}
+        f"evaluate@{m}" for m in [BASELINE, *variants]} | {f"export@{m}" for m in [BASELINE, *variants]}
     assert set(stages) == expected
-    assert stages["prepare"]["params"] >= {"data.root", "data.format", "data.manifest"}
+    # prepare reads the whole data section (so a params file may leave reader options at their
+    # defaults) and the cross-domain targets, nothing about models.
+    assert stages["prepare"]["params"] == {"data", "evaluate.targets"}
     assert not any(p.startswith("variants") for p in stages["train_baseline"]["params"])
     for v in variants:
         train = stages[f"train_kd@{v}"]
@@ -136,11 +138,33 @@ def test_stage_params_isolate_each_variant(tmp_path: Path) -> None:
         assert not any(p.startswith("variants") for p in ev["params"])
         assert f"pipeline/models/{m}/best.pt" in ev["deps"]
         assert f"pipeline/eval/{m}/metrics.json" in ev["outs"]
+        export = stages[f"export@{m}"]
+        assert export["params"] == {"data.manifest"} and f"pipeline/models/{m}/best.pt" in export["deps"]
+        assert {f"pipeline/export/{m}/model.onnx", f"pipeline/export/{m}/model.parity.json"} <= export["outs"]
     assert "variants" in stages["compare"]["params"]
     for stage in stages.values():  # every code dependency exists in the project
         for dep in stage["deps"]:
             if dep.startswith("reid"):
                 assert (REPO / dep).exists(), f"dvc.yaml depends on missing {dep}"
+
+
+def test_quickstart_declares_a_cross_domain_stage_per_model(tmp_path: Path) -> None:
+    """DVC accepts the evaluate_target matrix: one stage per (model, target), reading the target's manifest
+    that the prepare stage writes, with its own metrics file."""
+    repo = copy_project(tmp_path / "repo")
+    shutil.copy(REPO / "scripts/quickstart_params.yaml", repo / "params.yaml")
+    git_init(repo)
+    stages = stage_declarations(repo)
+    plan = read_plan(REPO / "scripts/quickstart_params.yaml")
+    assert [t.name for t in plan.evaluate.targets] == ["synth_b"]
+    assert "pipeline/data/targets" in stages["prepare"]["outs"]
+    assert {"evaluate.targets", "data"} <= stages["prepare"]["params"]
+    for m in plan.models:
+        stage = stages[f"evaluate_target@{m.name}-target0"]
+        assert {f"pipeline/models/{m.name}/best.pt", "pipeline/data/targets/synth_b.json"} <= stage["deps"]
+        assert stage["outs"] == {f"pipeline/eval/{m.name}/targets/synth_b/metrics.json"}
+        assert not any(p.startswith("variants") for p in stage["params"])
+    assert len([s for s in stages if s.startswith("evaluate_target@")]) == len(plan.models)
 
 
 def test_missing_market_is_a_clear_error_naming_the_quickstart(tmp_path: Path) -> None:
@@ -158,10 +182,16 @@ def test_missing_market_is_a_clear_error_naming_the_quickstart(tmp_path: Path) -
 # --- slow: the real pipeline ----------------------------------------------------------------------
 
 
-def tiny_params(data_root: Path) -> dict:
-    """One baseline + a self-distillation and an offline-KD variant; seconds per stage on a CPU."""
+def tiny_params(data_root: Path, target_root: Path | None = None) -> dict:
+    """One baseline + a self-distillation and an offline-KD variant; seconds per stage on a CPU. With
+    ``target_root``, a cross-domain target ``synth_b`` (a second synthetic domain)."""
+    from reid.config import DataConfig
+
+    targets = [{"name": "synth_b", "format": "market1501", "root": str(target_root)}] if target_root else []
     return {
-        "data": {"format": "market1501", "root": str(data_root), "manifest": "pipeline/data/manifest.json",
+        # Every data key is written (DVC requires each key a stage lists under params: to exist).
+        "data": {**DataConfig().model_dump(mode="json"),
+                 "format": "market1501", "root": str(data_root), "manifest": "pipeline/data/manifest.json",
                  "corrupt_images": "fail", "height": 64, "width": 32, "padding": 4, "ids_per_batch": 4,
                  "instances_per_id": 4, "test_batch_size": 64, "num_workers": 0, "input_pipeline": "cpu"},
         "model": {"backbone": "resnet18", "pretrained": "none", "channels_last": False},
@@ -180,7 +210,7 @@ def tiny_params(data_root: Path) -> dict:
                               "temperature": 16.0},
                        "train": {"output_dir": "pipeline/models/kd_r18"}},
         },
-        "evaluate": {"output_dir": "pipeline/eval", "models": ["baseline", "sd", "kd_r18"]},
+        "evaluate": {"output_dir": "pipeline/eval", "models": ["baseline", "sd", "kd_r18"], "targets": targets},
         "compare": {"output_dir": "pipeline/compare"},
     }
 
@@ -201,14 +231,20 @@ def mlflow_runs(repo: Path, experiment: str) -> list:
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, synthetic_root: Path) -> None:
+    """...and evaluates every model on a second synthetic domain (the cross-domain target synth_b)."""
+    from reid.data.synthetic import generate_synthetic
+
+    target_root = generate_synthetic(tmp_path / "Synthetic-Domain-B", num_train_ids=2, num_test_ids=8, num_cameras=3,
+                                     images_per_id=6, height=64, width=32, seed=0, domain=1)
     repo = copy_project(tmp_path / "repo")
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(synthetic_root), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(synthetic_root, target_root), sort_keys=False))
     git_init(repo)
     models = ["baseline", "sd", "kd_r18"]
 
-    first = dvc("repro", cwd=repo)
+    first = dvc("repro", cwd=repo, timeout=1800)  # every stage a fresh process importing torch and MLflow
     assert ran_stages(first.stdout) == {"prepare", "train_baseline", "train_kd@sd", "train_kd@kd_r18", "compare"} | {
-        f"evaluate@{m}" for m in models}, first.stdout
+        f"evaluate@{m}" for m in models} | {f"evaluate_target@{m}-target0" for m in models} | {
+        f"export@{m}" for m in models}, first.stdout
 
     for m in models:
         metrics = json.loads((repo / "pipeline/eval" / m / "metrics.json").read_text())
@@ -219,6 +255,14 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
     for m in models:
         assert re.search(rf"^\| {m} \|", table, re.MULTILINE), table
     assert "| sd | resnet18 | self | 0.03 |" in table
+    assert re.search(r"\| mINP \| synth_b mAP \| synth_b rank1 \|", table), table
+    cross: dict[str, dict] = {}
+    for m in models:
+        cross[m] = json.loads((repo / "pipeline/eval" / m / "targets/synth_b/metrics.json").read_text())
+        assert cross[m]["target"] == "synth_b" and 0.0 <= cross[m]["mAP"] <= 1.0
+        assert cross[m]["dataset_hash"] != cross[m]["trained_on_hash"] != ""
+        row = next(line for line in table.splitlines() if line.startswith(f"| {m} |"))
+        assert f"| {100 * cross[m]['mAP']:.1f} | {100 * cross[m]['rank1']:.1f} |" in row, row
     assert (repo / "pipeline/compare/comparison.png").stat().st_size > 1000
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)
     assert "pipeline/eval/sd/metrics.json" in json.dumps(shown)
@@ -234,6 +278,9 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
         # The evaluate stage's numbers of best.pt land in the training run itself.
         evaluated = json.loads((repo / "pipeline/eval" / m / "metrics.json").read_text())
         assert rs[0].data.metrics["eval/mAP"] == pytest.approx(evaluated["mAP"]), m
+        # ...and its numbers on the other domain, under their own names (eval/mAP above is untouched).
+        assert rs[0].data.metrics["eval/synth_b/mAP"] == pytest.approx(cross[m]["mAP"]), m
+        assert rs[0].data.tags["eval/synth_b/dataset_hash"] == cross[m]["dataset_hash"]
         assert "kd.feature_loss_coefficient" in rs[0].data.params
     assert by_variant["sd"][0].data.params["kd.feature_loss_coefficient"] == "0.03"
 
@@ -242,7 +289,7 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "results"], repo)
     assert dvc("status", "--json", cwd=repo).stdout.strip() in ("{}", "")
-    edited = tiny_params(synthetic_root)
+    edited = tiny_params(synthetic_root, target_root)
     edited["variants"]["sd"]["kd"]["feature_loss_coefficient"] = 0.2
     (repo / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     assert set(json.loads(dvc("status", "--json", cwd=repo).stdout)) == {"train_kd@sd", "compare"}
@@ -250,7 +297,8 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
 
     # The same change as an experiment: only that variant's train/evaluate and compare run again.
     exp = dvc("exp", "run", "-n", "sd-coef-02", "-S", "variants.sd.kd.feature_loss_coefficient=0.2", cwd=repo)
-    assert ran_stages(exp.stdout) == {"train_kd@sd", "evaluate@sd", "compare"}, exp.stdout
+    assert ran_stages(exp.stdout) == {"train_kd@sd", "evaluate@sd", "evaluate_target@sd-target0", "export@sd",
+                                      "compare"}, exp.stdout
     shown_exps = dvc("exp", "show", "--json", cwd=repo).stdout
     assert "sd-coef-02" in shown_exps
     assert re.search(r'"feature_loss_coefficient":\s*0\.2\b', shown_exps)

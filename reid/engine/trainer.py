@@ -6,8 +6,14 @@ and after the last, and leaves in ``train.output_dir``:
 * ``last.pt``: the full state after the last completed epoch (model, objective heads, optimisers,
   schedule, sampler, RNG, MLflow run id, best metric), rewritten atomically every epoch;
 * ``best.pt``: the deployable model of the best evaluation by mAP (no optimiser state);
-* ``metrics.json``: the final evaluation plus ``best_mAP``/``best_epoch``; ``config.yaml``: the
+* ``metrics.json``: the final evaluation plus ``best_mAP``/``best_epoch`` and the run's cost
+  (``train_time_s``, ``train_images``, ``train_img_per_s``, ``eval_time_s``, ``evaluations``: summed
+  over every epoch, across resumes, so a recorded result says what it took); ``config.yaml``: the
   resolved configuration.
+
+``train.epochs=0`` trains nothing: the model is built and initialised exactly as for training (same
+seed, same pretrained weights), evaluated as "epoch 0" and tracked like any run, which gives the
+untrained reference point to compare trained models with; ``best.pt`` then holds that model.
 
 Speed: the step never waits for the GPU. Loss sums, the accuracy count and the non-finite watch are
 accumulated *on the device*; the host reads them once per ``train.log_every_steps`` steps (and at
@@ -328,6 +334,12 @@ class _Trainer:
 
             manifest = load_manifest(cfg.data.manifest)
         self.manifest = manifest
+        if state is None or int(state.get("epoch", 0)) < cfg.train.epochs:
+            from reid.data.checks import check_evaluable
+
+            # Before the first step: an evaluation that cannot work must not cost a training run.
+            # Data without camera ids (manifest.has_cameras false) is scored without the same-camera rule.
+            check_evaluable(manifest, cfg.eval.cross_camera and getattr(manifest, "has_cameras", True))
         num_classes = int(manifest.num_classes)
         data_hash = getattr(manifest, "content_hash", None)
         if state is not None:
@@ -349,7 +361,7 @@ class _Trainer:
             self.tracker = tracker
             if tracker.resumed:
                 tracker.set_tags({"reid.resumed_at_epoch": self.start_epoch})
-            tracker.log_params(cfg.flat())
+            tracker.log_params(cfg.active_flat())  # inactive feature keys as "-" (Config.active_flat)
             tracker.log_artifact(self.config_path)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
@@ -414,6 +426,8 @@ class _Trainer:
         self.best_epoch: int | None = None
         self.last_metrics: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        # Seconds and images of the training steps and evaluations, carried across resumes (checkpoint "timing").
+        self.timing: dict[str, float] = {"train_time_s": 0.0, "train_images": 0, "eval_time_s": 0.0, "evaluations": 0}
         self.checkpoint_run_id: str | None = state.get("mlflow_run_id") if state is not None else None
         self._saved_epoch: int | None = None  # epochs in the last.pt this run may fall back to
         if state is not None:
@@ -454,6 +468,7 @@ class _Trainer:
         self.best_epoch = state.get("best_epoch")
         self.last_metrics = dict(state.get("metrics") or {})
         self.history = list(state.get("history") or [])
+        self.timing.update(state.get("timing") or {})
         self.say(f"resuming from {path}: {self.start_epoch} epoch(s) done, global step {self.global_step}")
 
     # -- the loop --------------------------------------------------------------------------------
@@ -473,7 +488,10 @@ class _Trainer:
         cfg = self.config
         epochs = cfg.train.epochs
         resumed_from = self.start_epoch if self.resume else None
-        if self.start_epoch >= epochs:
+        if epochs == 0:
+            self.say(f"train.epochs=0: evaluating the initial {cfg.model.backbone} (seed {cfg.train.seed}, "
+                     f"model.pretrained={cfg.model.pretrained}) as a reference point; nothing is trained")
+        elif self.start_epoch >= epochs:
             self.say(f"nothing to train: {self.start_epoch} of {epochs} epoch(s) already done")
         else:
             self.say(
@@ -485,13 +503,33 @@ class _Trainer:
             self._train_epoch(epoch)
             completed = epoch + 1
             if completed % cfg.train.eval_every == 0 or completed == epochs:
-                self._evaluate(completed)
+                try:
+                    self._evaluate(completed)
+                except (Exception, KeyboardInterrupt) as exc:
+                    self._save_after_failed_evaluation(completed, exc)
+                    raise
             self.scheduler.step()
             self._save_last(completed)
             dist_utils.barrier(self.ctx)
-        if not self.last_metrics:  # a resume of a finished run without metrics (the same on every rank)
+        if not self.last_metrics:  # train.epochs=0, or a resume of a finished run without metrics (every rank)
             self._evaluate(max(self.start_epoch, epochs))
         return self._finish(resumed_from)
+
+    def _save_after_failed_evaluation(self, completed: int, exc: BaseException) -> None:
+        """Keep the epoch's trained weights in last.pt when its evaluation fails (or is interrupted).
+
+        The checkpoint is exactly the one the loop would have written, so ``--resume`` continues from
+        it (a resume of a finished run without metrics evaluates again) and ``reid evaluate last.pt``
+        scores it. The error's message then says where the weights are.
+        """
+        self.scheduler.step()
+        self._save_last(completed)
+        note = (f"The weights after epoch {completed} are saved in {self.last_path}: evaluate them with "
+                f"`reid evaluate {self.last_path}` or continue with `reid train --resume` once the cause is fixed.")
+        if isinstance(exc, ReidError) and exc.args:
+            exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:])
+        else:
+            self.say(f"evaluation after epoch {completed} failed; {note}")
 
     def _train_epoch(self, epoch: int) -> None:
         cfg, device = self.config, self.device
@@ -507,7 +545,8 @@ class _Trainer:
                             f"{cfg.data.instances_per_id} images for P={cfg.data.ids_per_batch}?")
         lr = self.optimizer.param_groups[0]["lr"]
         self._epoch_first_step = self.global_step
-        bar = EpochProgress(epoch + 1, cfg.train.epochs, steps, enabled=self.show_progress and self.ctx.is_main)
+        bar = EpochProgress(epoch + 1, cfg.train.epochs, steps, enabled=self.show_progress and self.ctx.is_main,
+                            log_every=cfg.train.log_every_steps)
         stats: StepStats | None = None
         epoch_sums: dict[str, float] = {}
         epoch_correct = 0.0
@@ -556,6 +595,8 @@ class _Trainer:
             bar.update(step + 1, shown)
 
         elapsed = time.perf_counter() - start
+        self.timing["train_time_s"] += elapsed
+        self.timing["train_images"] += epoch_images
         epoch_metrics = {f"train/{k}": v / max(epoch_steps, 1) for k, v in epoch_sums.items()}
         if stats is not None and stats.has_acc:
             epoch_metrics["train/acc"] = epoch_correct / max(epoch_images, 1)
@@ -618,6 +659,8 @@ class _Trainer:
 
         started = time.perf_counter()
         result = evaluate_model(self.model, self.manifest, self.config, self.device)
+        self.timing["eval_time_s"] += time.perf_counter() - started
+        self.timing["evaluations"] += 1
         metrics = result.to_dict()
         metrics["epoch"] = completed
         self.last_metrics = metrics
@@ -635,6 +678,8 @@ class _Trainer:
         note = " (best)" if improved else f" (best {previous_best:.4f} at epoch {previous_epoch})"
         self.say(f"epoch {completed}: mAP {value:.4f}  rank1 {metrics.get('rank1', float('nan')):.4f}  "
                  f"mINP {metrics.get('mINP', float('nan')):.4f}{note}")
+        if result.skipped_report():
+            self.say(result.skipped_report())
         if improved:
             save_checkpoint(self._payload(completed, full=False), self.best_path)
             self.tracker.log_metrics({f"best/{SELECTION_METRIC}": value, "best/epoch": completed}, step=completed)
@@ -654,6 +699,7 @@ class _Trainer:
             "metrics": {k: v for k, v in self.last_metrics.items() if isinstance(v, (int, float, str))},
             "data_hash": self.data_hash,
             "world_size": self.ctx.world_size,
+            "timing": dict(self.timing),
         }
         if full:
             payload.update({
@@ -680,8 +726,10 @@ class _Trainer:
 
     def _finish(self, resumed_from: int | None) -> TrainResult:
         metrics = dict(self.last_metrics)
+        timing = dict(self.timing)
+        timing["train_img_per_s"] = timing["train_images"] / timing["train_time_s"] if timing["train_time_s"] > 0 else None
         summary = {**metrics, "best_mAP": self.best_metric, "best_epoch": self.best_epoch,
-                   "epochs": self.config.train.epochs, "global_step": self.global_step}
+                   "epochs": self.config.train.epochs, "global_step": self.global_step, **timing}
         if self.ctx.is_main:
             _write_json(self.metrics_path, summary)
         return TrainResult(
