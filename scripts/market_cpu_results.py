@@ -1,0 +1,281 @@
+"""Collect a finished CPU-track Market-1501 run (scripts/market_cpu.sh) into one results JSON and a table.
+
+    .venv/bin/python scripts/market_cpu_results.py                 # reads .market-cpu/
+    .venv/bin/python scripts/market_cpu_results.py path/to/run --date 2026-12-03 --out x.json
+
+Why a script: the README's Results section and ``benchmarks/results/market1501_cpu_<date>.json`` must
+say, for every model, exactly what was trained (its configuration's difference from the base), what it
+cost (seconds, images, img/s on which machine) and what it scored on the full official protocol
+(standard *and* trapezoidal AP, so a reader comparing with the MATLAB code knows which is which),
+without anyone copying numbers by hand.
+
+Sources, all inside the run folder (the project copy market_cpu.sh works in):
+
+* ``params.yaml``: the models (``evaluate.models``: baseline + variants, via :func:`reid.compare.read_plan`)
+  and their resolved configurations;
+* ``pipeline/eval/<model>/metrics.json`` (the evaluate stage): accuracy, AP variants, query counts;
+* ``pipeline/models/<model>/metrics.json`` (the train stage): ``train_time_s``, ``train_images``,
+  ``train_img_per_s``, ``eval_time_s``. A run made before the trainer recorded them falls back to
+  its MLflow run (``train/epoch_time_s``, ``train/img_per_s`` and ``eval_time_s`` per epoch/evaluation)
+  and says so in ``timing_source``; the MLflow run also gives the mAP curve per evaluation;
+* ``pipeline/data/manifest.json``: the number of query and gallery images.
+
+The machine is the one this script runs on (the run folder does not record it): run it on the
+machine that trained. Metrics in the JSON are fractions in [0, 1] as in metrics.json; the table shows
+percent. Exit code 2 with a message when the run folder lacks a model's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RUN = REPO / ".market-cpu"
+RESULTS_DIR = REPO / "benchmarks" / "results"
+# How market_cpu.sh runs the models (dvc.yaml's stages, in the run folder).
+PIPELINE_COMMAND = "bash scripts/market_cpu.sh"
+TIMING_KEYS = ("train_time_s", "train_images", "train_img_per_s", "eval_time_s", "evaluations")
+ACCURACY_KEYS = ("mAP", "rank1", "rank5", "rank10", "mINP", "mAP_standard", "mAP_trapezoidal")
+
+
+class ResultsError(Exception):
+    """The run folder does not hold what a results file needs; the message says what is missing."""
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ResultsError(f"{path} does not exist ({what}); has that stage of the run finished?")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path} does not hold a JSON object")
+    return data
+
+
+def lscpu_model() -> str:
+    """``Model name`` from lscpu (what the README quotes), else /proc/cpuinfo, else platform."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def describe_machine() -> dict[str, Any]:
+    import torch
+
+    return {"cpu": lscpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "host": platform.node()}
+
+
+def config_difference(base: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{key: {"base": ..., "value": ...}}`` for every flattened key whose value differs."""
+    keys = list(dict.fromkeys([*base, *other]))
+    return {k: {"base": base.get(k), "value": other.get(k)} for k in keys if base.get(k) != other.get(k)}
+
+
+def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] | None:
+    """Timing and the mAP curve from the model's newest MLflow run (tag ``variant``), or None."""
+    from reid.tracking.mlflow_tracker import resolve_store_uri
+
+    uri = resolve_store_uri(tracking.uri, run_dir)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.variant = '{model}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+
+    def series(name: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run_id, name)}  # last value per step wins
+
+    epoch_time, ips, eval_time = series("train/epoch_time_s"), series("train/img_per_s"), series("eval_time_s")
+    out: dict[str, Any] = {"mlflow_run_id": run_id,
+                           "curve": [{"epoch": e, "mAP": v} for e, v in sorted(series("mAP").items())]}
+    if epoch_time:
+        seconds = sum(epoch_time.values())
+        images = sum(epoch_time[e] * ips.get(e, 0.0) for e in epoch_time)
+        out.update({"train_time_s": seconds, "train_images": round(images), "train_img_per_s": images / seconds,
+                    "eval_time_s": sum(eval_time.values()), "evaluations": len(eval_time)})
+    return out
+
+
+def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> dict[str, Any]:
+    """Everything the results JSON holds, read from a run folder.
+
+    ``partial``: a run still in progress. Models whose training has not finished are listed under
+    ``not_run``; a model trained but not yet through the evaluate stage takes its accuracy from the
+    trainer's final evaluation (``accuracy_source`` says so).
+    """
+    from reid.compare import read_plan
+    from reid.config import ConfigError
+
+    run_dir = Path(run_dir).resolve()
+    params = run_dir / "params.yaml"
+    if not params.is_file():
+        raise ResultsError(f"{params} does not exist: {run_dir} is not a market_cpu.sh run folder")
+    cwd = Path.cwd()
+    os.chdir(run_dir)  # the params' relative paths (pipeline/...) are relative to the run folder
+    try:
+        plan = read_plan(params)
+    except ConfigError as exc:
+        raise ResultsError(str(exc)) from None
+    finally:
+        os.chdir(cwd)
+    manifest = read_json(run_dir / plan.models[0].config.data.manifest, "the prepare stage's manifest")
+    stats = manifest.get("statistics") or {}
+    num_query = (stats.get("query") or {}).get("images", len(manifest.get("query") or []))
+    num_gallery = (stats.get("gallery") or {}).get("images", len(manifest.get("gallery") or []))
+
+    base_flat = plan.models[0].config.flat()
+    models = []
+    not_run: list[str] = []
+    for model in plan.models:
+        cfg = model.config
+        train_metrics = run_dir / cfg.train.output_dir / "metrics.json"
+        eval_metrics = run_dir / plan.metrics_path(model)
+        if partial and not train_metrics.is_file():
+            not_run.append(model.name)
+            continue
+        trained = read_json(train_metrics, f"train stage of {model.name!r}")
+        if eval_metrics.is_file() or not partial:
+            evaluated = read_json(eval_metrics, f"evaluate stage of {model.name!r}")
+            accuracy_source = "evaluate stage"
+        else:
+            # The trainer's last evaluation is the same full protocol on the same checkpoint when the
+            # best epoch is the last one; say which file the numbers come from.
+            evaluated = trained
+            accuracy_source = "train stage (final evaluation of best.pt's epoch)" if trained.get(
+                "best_epoch") == trained.get("epoch") else "train stage (final evaluation; best.pt is another epoch)"
+        row: dict[str, Any] = {
+            "model": model.name,
+            "backbone": cfg.model.backbone,
+            "kd_mode": cfg.kd.mode,
+            "seed": cfg.train.seed,
+            "epochs": cfg.train.epochs,
+            "input": f"{cfg.data.height}x{cfg.data.width}",
+            "config_difference": config_difference(base_flat, cfg.flat()),
+            **{k: evaluated.get(k) for k in ACCURACY_KEYS},
+            "ap_variant": evaluated.get("ap_variant"),
+            "num_queries": evaluated.get("num_queries", num_query),
+            "num_valid_queries": evaluated.get("num_valid_queries"),
+            "num_gallery": num_gallery,
+        }
+        timing = {k: trained[k] for k in TIMING_KEYS if trained.get(k) is not None}
+        source = "metrics.json" if "train_time_s" in timing else None
+        history = mlflow_history(run_dir, plan.tracking, model.name) if use_mlflow and plan.tracking.enabled else None
+        if source is None and history and "train_time_s" in history:
+            timing = {k: history[k] for k in TIMING_KEYS if k in history}
+            source = "mlflow"
+        row.update({k: timing.get(k) for k in TIMING_KEYS})
+        row["timing_source"] = source
+        row["wall_time_s"] = (timing["train_time_s"] + timing.get("eval_time_s", 0.0)
+                              if "train_time_s" in timing else None)
+        row["accuracy_source"] = accuracy_source
+        row["curve"] = (history or {}).get("curve") or []
+        row["mlflow_run_id"] = (history or {}).get("mlflow_run_id")
+        variant = f" --variant {model.variant}" if model.variant else ""
+        row["command"] = (f"reid train --params params.yaml{variant} && reid evaluate "
+                          f"{cfg.train.output_dir}/best.pt --params params.yaml --output "
+                          f"{plan.metrics_path(model).parent}")
+        models.append(row)
+    return {
+        "what": "Market-1501, full official protocol, CPU track (from scratch, small input; not the published "
+                "ImageNet-pretrained 256 x 128 recipe)",
+        "units": "accuracy as fractions in [0, 1]; times in seconds; wall_time_s = training steps + the "
+                 "evaluations during training",
+        "command": PIPELINE_COMMAND,
+        "run_folder": str(run_dir),
+        "dataset": {"name": manifest.get("name"), "num_query": num_query, "num_gallery": num_gallery,
+                    "num_train": len(manifest.get("train") or []), "num_classes": manifest.get("num_classes")},
+        "machine": describe_machine(),
+        "base_config": plan.models[0].config.model_dump(mode="json"),
+        "models": models,
+        "not_run": not_run,
+    }
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One row per model: accuracy in percent, both AP variants, the budget and the speed."""
+    head = ["model", "backbone", "kd", "seed", "epochs", "mAP", "mAP (trapezoidal)", "rank-1", "rank-5", "rank-10",
+            "mINP", "train + eval (min)", "img/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for m in results["models"]:
+        wall = "-" if m.get("wall_time_s") is None else f"{m['wall_time_s'] / 60:.1f}"
+        ips = "-" if m.get("train_img_per_s") is None else f"{m['train_img_per_s']:.1f}"
+        cells = [m["model"], m["backbone"], m["kd_mode"], str(m["seed"]), str(m["epochs"]), _pct(m.get("mAP")),
+                 _pct(m.get("mAP_trapezoidal")), _pct(m.get("rank1")), _pct(m.get("rank5")), _pct(m.get("rank10")),
+                 _pct(m.get("mINP")), wall, ips]
+        lines.append("| " + " | ".join(cells) + " |")
+    d = results["dataset"]
+    machine = results["machine"]
+    if results.get("not_run"):
+        lines.append("")
+        lines.append(f"Not run yet: {', '.join(results['not_run'])}.")
+    lines.append("")
+    lines.append(f"{d['num_query']} queries x {d['num_gallery']} gallery images; {machine['cpu']}, "
+                 f"{machine['cores']} cores, torch {machine['torch']}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", type=Path, default=DEFAULT_RUN, help="run folder (default: .market-cpu)")
+    parser.add_argument("--date", default=dt.datetime.now(dt.timezone.utc).date().isoformat(),
+                        help="date in the file name (default: today, UTC)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output JSON (default: benchmarks/results/market1501_cpu_<date>.json)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not read timing/curves from the MLflow store")
+    parser.add_argument("--partial", action="store_true",
+                        help="a run in progress: list unfinished models under not_run instead of failing")
+    args = parser.parse_args(argv)
+    try:
+        results = collect(args.run, use_mlflow=not args.no_mlflow, partial=args.partial)
+    except ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results["date"] = args.date
+    results["collected_by"] = shlex.join(["python", "scripts/market_cpu_results.py", *(argv or sys.argv[1:])])
+    out = args.out or RESULTS_DIR / f"market1501_cpu_{args.date}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from reid.atomic import write_text_atomic
+
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    sys.stdout.write(markdown(results))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
