@@ -17,8 +17,11 @@ class _Block(importlib.abc.MetaPathFinder):
         if name.split(".", 1)[0] in BLOCKED:
             record = os.environ.get("REID_BLOCKED_IMPORTS_LOG")  # tests: see even a swallowed attempt
             if record:
+                import traceback
+
+                caller = "".join(traceback.format_stack(limit=8)[:-1])
                 with open(record, "a") as fh:
-                    fh.write(name + "\n")
+                    fh.write(f"{name}  (process: {' '.join(sys.argv)[:200]})\n{caller}\n")
             raise ImportError(f"{name} is blocked here (benchmarks/gpu/without_tracking): the GPU machine has no {name}")
         return None
 
