@@ -31,9 +31,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,29 +61,14 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def lscpu_model() -> str:
-    """``Model name`` from lscpu (what the README quotes), else /proc/cpuinfo, else platform."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-        for line in out.splitlines():
-            if line.strip().startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def describe_machine() -> dict[str, Any]:
-    import torch
-
-    return {"cpu": lscpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "host": platform.node()}
+    """The machine description every benchmark result carries (benchmarks/machine_info.py)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import machine_info
+    finally:
+        sys.path.pop(0)
+    return machine_info.describe_machine()
 
 
 def config_difference(base: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -245,7 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"Not run yet: {', '.join(results['not_run'])}.")
     lines.append("")
     lines.append(f"{d['num_query']} queries x {d['num_gallery']} gallery images; {machine['cpu']}, "
-                 f"{machine['cores']} cores, torch {machine['torch']}.")
+                 f"{machine['cpu_count']} cores, torch {machine['torch']}.")
     return "\n".join(lines) + "\n"
 
 

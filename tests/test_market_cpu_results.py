@@ -63,7 +63,7 @@ def test_results_json_and_table_from_a_run_folder(tmp_path, results_script, caps
     data = json.loads(out.read_text())
     assert data["date"] == "2026-12-03" and data["command"] == "bash scripts/market_cpu.sh"
     assert data["dataset"]["num_query"] == 3368 and data["dataset"]["num_gallery"] == 15913
-    assert {"cpu", "cores", "torch"} <= set(data["machine"])
+    assert {"cpu", "cpu_count", "torch"} <= set(data["machine"])
     base, sd = data["models"]
     assert [base["model"], sd["model"]] == ["baseline", "sd_003"]
     assert base["config_difference"] == {}
