@@ -329,3 +329,56 @@ def test_extract_features_flip_sum_order_and_mode() -> None:
 def test_extract_features_empty_loader_is_an_error() -> None:
     with pytest.raises(EvaluationError, match="no images"):
         extract_features(_TinyNet(), [], "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# float32 distances are ranked with one exact int64 key per item (row, distance bits, gallery index);
+# float64 ones with the per-row binary search. Both must give the stable sort's ranking exactly.
+@pytest.mark.parametrize("cross_camera", [True, False])
+def test_keyed_ranking_equals_binary_search_and_reference(cross_camera: bool) -> None:
+    rng = np.random.default_rng(11)
+    nq, ng = 61, 157
+    qp, gp = rng.integers(0, 12, nq), rng.integers(0, 10, ng)
+    qc, gc = rng.integers(1, 4, nq), rng.integers(1, 4, ng)
+    # Negative and positive values, exact ties (coarse grid), +0.0 and -0.0 (equal as floats: the
+    # gallery index decides), and values a float32 holds exactly so the float64 copy ranks the same.
+    dist = (rng.integers(-6, 7, (nq, ng)) / 4.0).astype(np.float32)
+    dist[rng.random((nq, ng)) < 0.05] = -0.0
+    keyed = evaluate_distances(dist, qp, gp, qc, gc, max_rank=40, cross_camera=cross_camera)
+    searched = evaluate_distances(dist.astype(np.float64), qp, gp, qc, gc, max_rank=40, cross_camera=cross_camera)
+    np.testing.assert_array_equal(keyed.ap_per_query, searched.ap_per_query)
+    np.testing.assert_array_equal(keyed.cmc, searched.cmc)
+    assert keyed.mINP == searched.mINP
+    if cross_camera:
+        m_ap, cmc, minp = _reference(dist, qp, gp, qc, gc, 40, "standard")
+        assert keyed.mAP == pytest.approx(m_ap, abs=1e-12) and keyed.mINP == pytest.approx(minp, abs=1e-12)
+        np.testing.assert_allclose(keyed.cmc, cmc, atol=1e-12)
+
+
+def test_order_keys_sort_like_row_distance_gallery_index() -> None:
+    values = torch.tensor([[3.0, -0.0, 0.0, -2.5, float("inf"), 1e-30, -1e-30, 0.0]])
+    rows = torch.zeros(8, dtype=torch.int64)
+    cols = torch.arange(8)
+    keys = metrics._order_keys(values, rows, cols, col_bits=3)
+    expected = sorted(range(8), key=lambda j: (float(values[0, j]), j))  # -0.0 == 0.0: index order
+    assert torch.argsort(keys).tolist() == expected
+    # A later row sorts after every key of an earlier one, whatever the distances.
+    later = metrics._order_keys(torch.tensor([[-3e38]]).expand(2, 1).contiguous(), torch.tensor([1]),
+                                torch.tensor([0]), col_bits=3)
+    assert bool((later > keys).all())
+
+
+def test_key_width_falls_back_to_binary_search_for_huge_galleries(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert metrics._key_bits(512, 15_913) == 14
+    assert metrics._key_bits(512, 1 << 23) is None  # 9 + 32 + 23 bits do not fit an int64
+    # With the keyed path switched off, float32 distances take the binary search: same numbers.
+    rng = np.random.default_rng(5)
+    qp, gp = rng.integers(0, 6, 30), rng.integers(0, 6, 80)
+    qc, gc = rng.integers(1, 3, 30), rng.integers(1, 3, 80)
+    dist = rng.integers(0, 5, (30, 80)).astype(np.float32)
+    keyed = evaluate_distances(dist, qp, gp, qc, gc, max_rank=20)
+    monkeypatch.setattr(metrics, "_key_bits", lambda rows, gallery: None)
+    searched = evaluate_distances(dist, qp, gp, qc, gc, max_rank=20)
+    np.testing.assert_array_equal(keyed.ap_per_query, searched.ap_per_query)
+    np.testing.assert_array_equal(keyed.cmc, searched.cmc)
+    assert keyed.mINP == searched.mINP

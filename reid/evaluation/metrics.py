@@ -28,14 +28,18 @@ same rule (``np.argsort(kind="stable")``) and agrees to 1e-6.
 
 How it is vectorised: no row is sorted. A relevant item's rank is one plus the number of relevant
 items before it plus the number of other non-junk items before it, where "before" is the stable
-sort's order (smaller distance, or equal distance and lower gallery index). Per chunk of queries, each
-row's few relevant distances are sorted; only the gallery items that can come before one of them
-(distance <= the row's hardest match) are looked at, each finds by binary search how many relevant
-items precede it, and a per-row histogram of those counts gives every relevant item's rank (see
-:func:`_relevant_positions`). AP, CMC and mINP then cost a few gathers over the relevant items, and
-memory is bounded by ``chunk_size x gallery``. The same torch code runs on the CPU and on CUDA, with
-a few host synchronisations per chunk, none per query. Integer distances (e.g. Hamming) are ranked as
-float64, half precision as float32.
+sort's order (smaller distance, or equal distance and lower gallery index). Per chunk of queries, the
+relevant and junk items come from the labels (the gallery sorted by identity once, two binary searches
+per query), not from a ``[Q, G]`` comparison. Only the gallery items that can come before one of a
+row's relevant items (distance <= the row's hardest match) are looked at; each learns how many relevant
+items precede it, and a per-row histogram of those counts gives every relevant item's rank. For
+float32 distances the count is one ``searchsorted`` in a flat sorted array of exact int64 keys
+(row, distance bits, gallery index), so ties need no second pass (:func:`_relevant_positions_keyed`);
+float64 distances, which do not fit such a key, use a per-row branchless binary search with the
+gallery index as tie-break (:func:`_relevant_positions`). AP, CMC and mINP then cost a few gathers over
+the relevant items, and memory is bounded by ``chunk_size x gallery``. The same torch code runs on the
+CPU and on CUDA, with a few host synchronisations per chunk, none per query. Integer distances (e.g.
+Hamming) are ranked as float64, half precision as float32.
 """
 
 from __future__ import annotations
@@ -263,6 +267,126 @@ def _count_before(
     return count
 
 
+@dataclass
+class _Matches:
+    """The gallery items of a chunk's queries' identities, from the labels alone (no ``[Q, G]`` mask).
+
+    ``rel_rows``/``rel_cols``: the relevant items, row-major and in gallery order within a row;
+    ``junk_rows``/``junk_cols``: the same-identity same-camera items the protocol removes (empty
+    without ``cross_camera``); ``num_rel``: relevant items per row.
+    """
+
+    rel_rows: torch.Tensor
+    rel_cols: torch.Tensor
+    junk_rows: torch.Tensor
+    junk_cols: torch.Tensor
+    num_rel: torch.Tensor
+
+
+@dataclass
+class _GalleryIndex:
+    """The gallery sorted by identity once per evaluation (stable: gallery order within an identity)."""
+
+    order: torch.Tensor
+    sorted_pids: torch.Tensor
+
+    @classmethod
+    def build(cls, gp: torch.Tensor) -> "_GalleryIndex":
+        order = torch.argsort(gp, stable=True)
+        return cls(order=order, sorted_pids=gp[order])
+
+    def matches(self, qp: torch.Tensor, qc: torch.Tensor, gc: torch.Tensor, cross_camera: bool) -> _Matches:
+        """Every (query row, gallery column) pair of equal identity, split into relevant and junk.
+
+        Cost: two binary searches per query plus one entry per same-identity pair, instead of comparing
+        every query with every gallery label.
+        """
+        start = torch.searchsorted(self.sorted_pids, qp)
+        counts = torch.searchsorted(self.sorted_pids, qp, right=True) - start
+        rows = torch.repeat_interleave(torch.arange(len(qp), device=qp.device), counts)
+        within = torch.arange(rows.numel(), device=qp.device) - (torch.cumsum(counts, 0) - counts)[rows]
+        cols = self.order[start[rows] + within]
+        if cross_camera:
+            junk = gc[cols] == qc[rows]
+            rel_rows, rel_cols, junk_rows, junk_cols = rows[~junk], cols[~junk], rows[junk], cols[junk]
+        else:
+            rel_rows, rel_cols = rows, cols
+            junk_rows = junk_cols = rows[:0]
+        num_rel = torch.bincount(rel_rows, minlength=len(qp))
+        return _Matches(rel_rows, rel_cols, junk_rows, junk_cols, num_rel)
+
+
+def _order_keys(dist: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, col_bits: int) -> torch.Tensor:
+    """One int64 per (row, col) item that sorts exactly like (row, distance, gallery index).
+
+    A float32's bits read as an int32 order like the floats once the negative ones have their other
+    31 bits flipped (``-0.0`` is made ``+0.0`` first, so the two tie as floats do). The row goes above
+    the 32 distance bits and the gallery index below them, so equal distances keep gallery order: the
+    stable ranking's order, with no tie left to resolve.
+    """
+    values = dist[rows, cols] + 0.0  # -0.0 + 0.0 == +0.0
+    bits = values.view(torch.int32).to(torch.int64)
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + (1 << 31)  # [0, 2**32), float order
+    return (rows << (32 + col_bits)) | (bits << col_bits) | cols
+
+
+def _key_bits(rows: int, gallery: int) -> int | None:
+    """Bits for the gallery index in :func:`_order_keys`, or None when (row, distance, index) cannot
+    share one int64 (galleries beyond about 2**22 items at 512 queries per chunk)."""
+    col_bits = max(int(gallery - 1).bit_length(), 1)
+    row_bits = max(int(rows - 1).bit_length(), 1)
+    return col_bits if row_bits + 32 + col_bits <= 63 else None
+
+
+def _relevant_positions_keyed(
+    dist: torch.Tensor, matches: _Matches, col_bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_relevant_positions` for float32 distances, with one exact key per item instead of a
+    per-row binary search with tie-breaks.
+
+    Every item is keyed by (row, distance, gallery index) (:func:`_order_keys`), so one flat sort of the
+    relevant items' keys holds every row's thresholds in ranking order, row after row, and one
+    ``searchsorted`` per selected item gives how many relevant items of its row precede it. The
+    selection (distance <= the row's hardest match) is taken on the raw distances: the relevant items
+    in it count one in their own slot, which the position formula below takes back, and the junk items
+    in it are counted separately and subtracted, so no ``[Q, G]`` copy with junk masked is made.
+    """
+    n = dist.shape[0]
+    device = dist.device
+    num_rel = matches.num_rel
+    width = int(num_rel.max()) if n else 0
+    if width == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return empty, empty
+    rel_keys, _ = torch.sort(_order_keys(dist, matches.rel_rows, matches.rel_cols, col_bits))
+    row_start = torch.cumsum(num_rel, 0) - num_rel
+    rel_dist = dist[matches.rel_rows, matches.rel_cols]
+    hardest = torch.full((n,), float("-inf"), dtype=dist.dtype, device=device)
+    hardest.scatter_reduce_(0, matches.rel_rows, rel_dist, reduce="amax")
+
+    def bucket(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        keys = _order_keys(dist, rows, cols, col_bits)
+        return rows * (width + 1) + (torch.searchsorted(rel_keys, keys) - row_start[rows])
+
+    histogram = torch.zeros(n * (width + 1), dtype=torch.int64, device=device)
+    selected_rows, selected_cols = (dist <= hardest.unsqueeze(1)).nonzero(as_tuple=True)
+    for start in range(0, selected_rows.numel(), _SEARCH_SLICE):
+        rows = selected_rows[start : start + _SEARCH_SLICE]
+        cols = selected_cols[start : start + _SEARCH_SLICE]
+        histogram += torch.bincount(bucket(rows, cols), minlength=n * (width + 1))
+    del selected_rows, selected_cols
+    if matches.junk_rows.numel():
+        jr, jc = matches.junk_rows, matches.junk_cols
+        taken = dist[jr, jc] <= hardest[jr]
+        histogram -= torch.bincount(bucket(jr[taken], jc[taken]), minlength=n * (width + 1))
+    # counted[r, m] = selected non-junk items preceded by at most m relevant items of row r: the m + 1
+    # relevant items up to slot m (each counts in its own slot) and the other items before the m-th
+    # relevant one. Its 0-based position is the number of items before it: counted - 1.
+    counted = torch.cumsum(histogram.view(n, width + 1), dim=1)
+    out_rows, m = (torch.arange(width, device=device).unsqueeze(0) < num_rel.unsqueeze(1)).nonzero(as_tuple=True)
+    return out_rows, counted[out_rows, m] - 1
+
+
 def _relevant_positions(
     dist: torch.Tensor, relevant: torch.Tensor, junk: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,18 +453,26 @@ def _chunk_stats(
     gc: torch.Tensor,
     cross_camera: bool,
     ap_variant: str,
+    gallery: "_GalleryIndex | None" = None,
 ) -> _QueryStats:
     """AP, INP, first-match rank and #relevant for each query of one chunk (see module docstring)."""
-    if not bool(torch.isfinite(dist).all()):
+    low, high = torch.aminmax(dist) if dist.is_floating_point() else (dist.min(), dist.max())
+    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):  # NaN propagates to both
         raise EvaluationError(
             "the distance matrix holds NaN or Inf values: the features are not finite "
             "(a diverged model or an fp16 overflow); check the checkpoint's training loss"
         )
     dist = _as_float(dist)
-    relevant, junk = protocol_masks(qp, qc, gp, gc, cross_camera)
-    num_rel = relevant.sum(dim=1)
-    rows, pos = _relevant_positions(dist, relevant, junk)
-    del junk
+    col_bits = _key_bits(dist.shape[0], dist.shape[1]) if dist.dtype == torch.float32 else None
+    if col_bits is not None:
+        matches = (gallery or _GalleryIndex.build(gp)).matches(qp, qc, gc, cross_camera)
+        num_rel = matches.num_rel
+        rows, pos = _relevant_positions_keyed(dist, matches, col_bits)
+    else:  # float64 (or integer) distances, or a gallery too large for one int64 key
+        relevant, junk = protocol_masks(qp, qc, gp, gc, cross_camera)
+        num_rel = relevant.sum(dim=1)
+        rows, pos = _relevant_positions(dist, relevant, junk)
+        del relevant, junk
 
     dtype = _accum_dtype(dist.device)
     n = dist.shape[0]
@@ -455,6 +587,7 @@ def evaluate_distances(
 
     stats: list[_QueryStats] = []
     labels: tuple[torch.Tensor, ...] | None = None
+    gallery: _GalleryIndex | None = None
     for start in range(0, num_q, chunk_size):
         stop = min(start + chunk_size, num_q)
         dist = produce(start, stop)
@@ -464,8 +597,9 @@ def evaluate_distances(
             device = dist.device
             labels = (_as_labels(q_pids, "q_pids", device), _as_labels(q_camids, "q_camids", device),
                       _as_labels(g_pids, "g_pids", device), _as_labels(g_camids, "g_camids", device))
+            gallery = _GalleryIndex.build(labels[2])
         qp, qc, gp, gc = labels
-        stats.append(_chunk_stats(dist, qp[start:stop], qc[start:stop], gp, gc, cross_camera, ap_variant))
+        stats.append(_chunk_stats(dist, qp[start:stop], qc[start:stop], gp, gc, cross_camera, ap_variant, gallery))
 
     ap = np.concatenate([s.ap for s in stats])
     ap_other = np.concatenate([s.ap_other for s in stats])
