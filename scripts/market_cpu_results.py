@@ -189,6 +189,7 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
                           f"{cfg.train.output_dir}/best.pt --params params.yaml --output "
                           f"{plan.metrics_path(model).parent}")
         models.append(row)
+    spread = seed_spread_rows(plan, models)
     return {
         "what": "Market-1501, full official protocol, CPU track (from scratch, small input; not the published "
                 "ImageNet-pretrained 256 x 128 recipe)",
@@ -201,25 +202,127 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
         "machine": describe_machine(),
         "base_config": plan.models[0].config.model_dump(mode="json"),
         "models": models,
+        "seed_spread": spread,
         "not_run": not_run,
     }
+
+
+def seed_spread_rows(plan: Any, models: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every model's mAP / rank-1 delta to its reference's seed mean and whether it exceeds the spread.
+
+    The rule is ``reid compare``'s (:mod:`reid.seed_spread`): replicates are models that differ only in
+    ``train.seed``; a delta counts only when ``|delta| > max - min`` over the reference's replicates.
+    Values in percentage points, as in the table.
+    """
+    from reid.seed_spread import Run, differences
+
+    configs = {m.name: m.config for m in plan.models}
+    runs = [Run(row["model"], configs[row["model"]],
+                {k: None if row.get(k) is None else 100 * float(row[k]) for k in ("mAP", "rank1")})
+            for row in models]
+    out: dict[str, Any] = {"rule": "delta = value - reference mean (percentage points); beyond = |delta| > "
+                                   "reference spread (max - min over its seed replicates)",
+                           "references": {}, "models": {}}
+    for diff in differences(runs):
+        ref = diff.reference
+        out["references"][ref.name] = {
+            "runs": [r.name for r in ref.runs],
+            **{f"{k}_mean": ref.mean(k) for k in ("mAP", "rank1")},
+            **{f"{k}_spread": ref.spread(k) for k in ("mAP", "rank1")},
+        }
+        out["models"][diff.run.name] = {"reference": ref.name, "replicate": diff.replicate,
+                                        **{f"{k}_delta": diff.delta[k] for k in ("mAP", "rank1")},
+                                        **{f"{k}_beyond_spread": diff.beyond[k] for k in ("mAP", "rank1")}}
+    return out
+
+
+def write_figures(results: dict[str, Any], folder: Path) -> list[Path]:
+    """``market1501_cpu_curve.png`` (mAP per evaluation during training, every model) and
+    ``market1501_cpu_comparison.png`` (final mAP and rank-1 per model, the baseline's seed range shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    models = results["models"]
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for m in models:
+        curve = m.get("curve") or []
+        if not curve:
+            continue
+        base = m["model"].startswith("baseline")
+        ax.plot([c["epoch"] for c in curve], [100 * c["mAP"] for c in curve], marker="o",
+                linewidth=2.2 if base else 1.2, color="black" if base else None,
+                linestyle="-" if m["model"] == "baseline" else ("--" if base else "-"), label=m["model"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP (%), full Market-1501 protocol")
+    ax.set_title("CPU track: mAP per evaluation during training")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "market1501_cpu_curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    names = [m["model"] for m in models]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    spread = results.get("seed_spread", {})
+    for ax, key, label in ((axes[0], "mAP", "mAP (%)"), (axes[1], "rank1", "rank-1 (%)")):
+        values = [100 * float(m[key]) if m.get(key) is not None else 0.0 for m in models]
+        ax.bar(range(len(names)), values, color=["0.3" if n.startswith("baseline") else "tab:blue" for n in names])
+        base_runs = [m for m in models if m["model"] in (spread.get("references", {}).get("baseline", {}).get("runs") or [])]
+        if len(base_runs) >= 2:
+            lo = min(100 * float(m[key]) for m in base_runs)
+            hi = max(100 * float(m[key]) for m in base_runs)
+            ax.axhspan(lo, hi, color="tab:orange", alpha=0.3, label="baseline seed range")
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        low = min(values) if values else 0.0
+        ax.set_ylim(max(0.0, low - 8), max(values + [1.0]) + 3)
+        for i, v in enumerate(values):
+            ax.text(i, v + 0.3, f"{v:.1f}", ha="center", fontsize=7)
+    fig.suptitle("CPU track, Market-1501 (3,368 queries x 15,913 gallery images)")
+    fig.tight_layout()
+    path = folder / "market1501_cpu_comparison.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written
 
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{100 * float(value):.1f}"
 
 
+def _spread_cells(results: dict[str, Any], model: str) -> list[str]:
+    """The mAP delta to the model's reference mean and the verdict, as :mod:`reid.seed_spread` says."""
+    row = (results.get("seed_spread") or {}).get("models", {}).get(model)
+    if row is None:
+        return ["-", "-"]
+    delta = "-" if row["mAP_delta"] is None else f"{row['mAP_delta']:+.1f}"
+    if row["replicate"]:
+        return [delta, "(seed replicate)"]
+    verdict = row["mAP_beyond_spread"]
+    return [delta, "unknown (one seed)" if verdict is None else ("yes" if verdict else "no")]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """One row per model: accuracy in percent, both AP variants, the budget and the speed."""
     head = ["model", "backbone", "kd", "seed", "epochs", "mAP", "mAP (trapezoidal)", "rank-1", "rank-5", "rank-10",
-            "mINP", "train + eval (min)", "img/s"]
+            "mINP", "train + eval (min)", "img/s", "mAP delta", "beyond seed spread"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for m in results["models"]:
         wall = "-" if m.get("wall_time_s") is None else f"{m['wall_time_s'] / 60:.1f}"
         ips = "-" if m.get("train_img_per_s") is None else f"{m['train_img_per_s']:.1f}"
         cells = [m["model"], m["backbone"], m["kd_mode"], str(m["seed"]), str(m["epochs"]), _pct(m.get("mAP")),
                  _pct(m.get("mAP_trapezoidal")), _pct(m.get("rank1")), _pct(m.get("rank5")), _pct(m.get("rank10")),
-                 _pct(m.get("mINP")), wall, ips]
+                 _pct(m.get("mINP")), wall, ips, *_spread_cells(results, m["model"])]
         lines.append("| " + " | ".join(cells) + " |")
     d = results["dataset"]
     machine = results["machine"]
@@ -227,9 +330,24 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"Not run yet: {', '.join(results['not_run'])}.")
     lines.append("")
+    for name, ref in (results.get("seed_spread") or {}).get("references", {}).items():
+        if ref.get("mAP_spread") is not None:
+            lines.append(f"Seed spread of {name} ({', '.join(ref['runs'])}): mAP {ref['mAP_spread']:.1f}, rank-1 "
+                         f"{ref['rank1_spread']:.1f} points (max - min); mean mAP {ref['mAP_mean']:.1f}. A delta "
+                         "counts only beyond it.")
+    for m in results["models"]:
+        if m.get("note"):
+            lines.append(f"{m['model']}: {m['note']}")
     lines.append(f"{d['num_query']} queries x {d['num_gallery']} gallery images; {machine['cpu']}, "
                  f"{machine['cpu_count']} cores, torch {machine['torch']}.")
     return "\n".join(lines) + "\n"
+
+
+def parse_note(text: str) -> tuple[str, str]:
+    model, sep, note = text.partition("=")
+    if not sep or not model.strip() or not note.strip():
+        raise ResultsError(f"--note {text!r}: expected MODEL=TEXT, e.g. --note baseline_s1='paused 120 s'")
+    return model.strip(), note.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,12 +360,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", action="store_true", help="do not read timing/curves from the MLflow store")
     parser.add_argument("--partial", action="store_true",
                         help="a run in progress: list unfinished models under not_run instead of failing")
+    parser.add_argument("--note", action="append", default=[], metavar="MODEL=TEXT",
+                        help="a remark stored with one model (e.g. what else ran on the machine meanwhile)")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="folder for market1501_cpu_curve.png and market1501_cpu_comparison.png")
     args = parser.parse_args(argv)
     try:
         results = collect(args.run, use_mlflow=not args.no_mlflow, partial=args.partial)
+        notes = dict(parse_note(text) for text in args.note)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    known = {m["model"] for m in results["models"]}
+    unknown = sorted(set(notes) - known)
+    if unknown:
+        print(f"error: --note names {', '.join(unknown)}, not a finished model ({', '.join(sorted(known))})",
+              file=sys.stderr)
+        return 2
+    for m in results["models"]:
+        if m["model"] in notes:
+            m["note"] = notes[m["model"]]
     results["date"] = args.date
     results["collected_by"] = shlex.join(["python", "scripts/market_cpu_results.py", *(argv or sys.argv[1:])])
     out = args.out or RESULTS_DIR / f"market1501_cpu_{args.date}.json"
@@ -257,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     sys.stdout.write(markdown(results))
     print(f"wrote {out}", file=sys.stderr)
+    if args.figures is not None:
+        for path in write_figures(results, args.figures):
+            print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -130,3 +130,54 @@ def test_a_run_in_progress_is_collected_with_partial(tmp_path, results_script, c
     assert (base["mAP"], base["rank1"]) == (0.25, 0.4)
     assert base["accuracy_source"].startswith("train stage")
     assert "Not run yet: sd_003." in capsys.readouterr().out
+
+
+def add_seed_replicate(run: Path, mAP: float, rank1: float) -> None:
+    """baseline_s1: the baseline with train.seed 1, listed right after the baseline."""
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    params["variants"] = {"baseline_s1": {"train": {"seed": 1, "output_dir": "pipeline/models/baseline_s1"}},
+                          **params["variants"]}
+    params["evaluate"]["models"] = ["baseline", "baseline_s1", "sd_003"]
+    (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write(run / "pipeline/eval/baseline_s1/metrics.json", {
+        "mAP": mAP, "rank1": rank1, "rank5": 0.7, "rank10": 0.8, "mINP": 0.05, "num_queries": 3368,
+        "num_valid_queries": 3368, "ap_variant": "standard", "mAP_standard": mAP, "mAP_trapezoidal": mAP - 0.01})
+    write(run / "pipeline/models/baseline_s1/metrics.json", {"mAP": mAP, "best_mAP": mAP, "epochs": 2})
+
+
+@pytest.mark.parametrize("s1_map, beyond", [(0.31, True), (0.34, False)])
+def test_seed_spread_decides_which_gains_count(tmp_path, results_script, capsys, s1_map, beyond):
+    # baseline 30.0 and baseline_s1 31.0 (spread 1.0, mean 30.5): sd_003 at 32.0 is +1.5, beyond the spread.
+    # With baseline_s1 at 34.0 (spread 4.0, mean 32.0) the same 32.0 is +0.0: not beyond.
+    run = make_run(tmp_path / "run")
+    add_seed_replicate(run, s1_map, 0.51)
+    out = tmp_path / "r.json"
+    code = results_script.main([str(run), "--out", str(out), "--note", "baseline_s1=paused 120 s",
+                                "--figures", str(tmp_path / "fig")])
+    assert code == 0
+    data = json.loads(out.read_text())
+    spread = data["seed_spread"]
+    ref = spread["references"]["baseline"]
+    assert ref["runs"] == ["baseline", "baseline_s1"]
+    assert ref["mAP_spread"] == pytest.approx(100 * s1_map - 30.0)
+    assert ref["mAP_mean"] == pytest.approx((30.0 + 100 * s1_map) / 2)
+    sd = spread["models"]["sd_003"]
+    assert sd["reference"] == "baseline" and not sd["replicate"]
+    assert sd["mAP_delta"] == pytest.approx(32.0 - (30.0 + 100 * s1_map) / 2)
+    assert sd["mAP_beyond_spread"] is beyond
+    assert spread["models"]["baseline_s1"]["replicate"] is True
+    assert [m.get("note") for m in data["models"]] == [None, "paused 120 s", None]
+    table = capsys.readouterr().out
+    assert f"| {'yes' if beyond else 'no'} |" in table.splitlines()[4]  # the sd_003 row
+    assert "Seed spread of baseline (baseline, baseline_s1)" in table and "baseline_s1: paused 120 s" in table
+    for name in ("market1501_cpu_curve.png", "market1501_cpu_comparison.png"):
+        assert (tmp_path / "fig" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_note_for_an_unknown_model_is_refused(tmp_path, results_script, capsys):
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "r.json"
+    assert results_script.main([str(run), "--out", str(out), "--note", "r18=x"]) == 2
+    assert "--note names r18, not a finished model (baseline, sd_003)" in capsys.readouterr().err
+    assert results_script.main([str(run), "--out", str(out), "--note", "no-equals-sign"]) == 2
+    assert "expected MODEL=TEXT" in capsys.readouterr().err
