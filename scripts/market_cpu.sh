@@ -50,6 +50,8 @@ tree = yaml.safe_load(open(sys.argv[1]))
 tree["data"]["root"] = sys.argv[3]
 open(sys.argv[2], "w").write(yaml.safe_dump(tree, sort_keys=False))
 PY
+  # Which code the copy holds: the checkout's commit, "+dirty" when it had uncommitted changes.
+  (cd "$REPO" && echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo +dirty)") > "$RUN/source_commit.txt"
   cd "$RUN"
   git init -q
   git add -A

@@ -197,6 +197,9 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
                  "evaluations during training",
         "command": PIPELINE_COMMAND,
         "run_folder": str(run_dir),
+        # The checkout commit market_cpu.sh copied the code from (source_commit.txt), when recorded.
+        "source_commit": ((run_dir / "source_commit.txt").read_text().strip()
+                          if (run_dir / "source_commit.txt").is_file() else None),
         "dataset": {"name": manifest.get("name"), "num_query": num_query, "num_gallery": num_gallery,
                     "num_train": len(manifest.get("train") or []), "num_classes": manifest.get("num_classes")},
         "machine": describe_machine(),
