@@ -22,11 +22,14 @@ names it, because skipping it would silently change the dataset.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from reid.data.checks import folder_camera_warnings
+from reid.data.layouts import (DUKEMTMC, MARKET1501, SYNTH_HINT, VERI776, NamedLayout, empty_split_error,
+                               is_image_name, read_named_split, visible_files)
+from reid.data.pack import read_pack
+from reid.data.readers import read_benchmark
 from reid.data.samples import NO_CAMERA, SPLIT_NAMES, DatasetSplits, Sample
 from reid.errors import DatasetError
 
@@ -35,57 +38,9 @@ DatasetFormat = Literal["market1501", "veri776", "folder", "pack",  # pack: see 
 FORMATS: tuple[str, ...] = get_args(DatasetFormat)
 LIST_FORMATS: tuple[str, ...] = ("cuhk03", "msmt17", "vehicleid")  # read by reid.data.readers
 CAMERA_MODES: tuple[str, ...] = ("auto", "none")  # data.cameras
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 DISTRACTOR_FOLDER = "_distractors"  # folder format: gallery-only images of nobody (pid 0)
-SYNTH_HINT = "to try the toolkit without it, generate a synthetic Market-format dataset with `reid synth DIR`"
-
-_EXT = r"(?:\.(?:jpe?g|png))+"  # one or more image extensions: Market's ``.jpg.jpg`` files must parse
-
-
-@dataclass(frozen=True)
-class _NamedLayout:
-    """A dataset whose identity and camera are encoded in the file name (Market-1501, VeRi-776)."""
-
-    title: str
-    folders: dict[str, str]  # split -> folder under the root
-    pattern: re.Pattern[str]  # group 1: identity, group 2: camera
-    pattern_text: str
-    example: str
-
-    def describe(self, root: str) -> str:
-        folders = ", ".join(f"{f}/" for f in self.folders.values())
-        return (f"{self.title} layout: {folders} inside {root}, holding files named {self.pattern_text} "
-                f"(e.g. {self.example})")
-
-
-MARKET1501 = _NamedLayout(
-    title="Market-1501",
-    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-    pattern=re.compile(rf"^(-?\d+)_c(\d+)s\d+_\d+_\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="PPPP_cCsS_FFFFFF_BB.jpg",
-    example="0002_c1s1_000451_03.jpg",
-)
-VERI776 = _NamedLayout(
-    title="VeRi-776",
-    folders={"train": "image_train", "query": "image_query", "gallery": "image_test"},
-    pattern=re.compile(rf"^(-?\d+)_c(\d+)_\d+_\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="VVVV_cCCC_FFFFFFFF_N.jpg",
-    example="0002_c002_00030600_0.jpg",
-)
-DUKEMTMC = _NamedLayout(
-    title="DukeMTMC-reID",
-    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-    pattern=re.compile(rf"^(-?\d+)_c(\d+)_f\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="PPPP_cC_fFFFFFFF.jpg",
-    example="0001_c2_f0046182.jpg",
-)
 FOLDER_SPLITS: dict[str, str] = {"train": "train", "query": "query", "gallery": "gallery"}
-_NAMED: dict[str, _NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776, "dukemtmc": DUKEMTMC}
-
-
-def is_image_name(name: str) -> bool:
-    """True for a visible file whose name ends in an image extension (the files a dataset is made of)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+_NAMED: dict[str, NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776, "dukemtmc": DUKEMTMC}
 
 
 def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool = False, *, cameras: str = "auto",
@@ -106,14 +61,10 @@ def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool
         raise DatasetError(f"unknown camera mode {cameras!r} (data.cameras); expected auto or none")
     root_str = os.path.abspath(os.path.expanduser(str(root)))
     if format in LIST_FORMATS:
-        from reid.data.readers import read_benchmark
-
         splits = read_benchmark(format, root_str, cuhk03_variant=cuhk03_variant, msmt17_use_val=msmt17_use_val,
                                 vehicleid_test_size=vehicleid_test_size)
         return _with_cameras(splits, cameras)
     if format == "pack":  # one file holding the three splits, already filtered like market1501
-        from reid.data.pack import read_pack
-
         return read_pack(root_str)
     _check_root(format, root_str)
     if format == "folder":
@@ -122,7 +73,7 @@ def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool
     splits: dict[str, list[Sample]] = {}
     notes: list[str] = []
     for split, folder in layout.folders.items():
-        samples, junk = _read_named_split(layout, root_str, split, folder, format)
+        samples, junk = read_named_split(layout, root_str, split, folder, format)
         splits[split] = samples
         if junk:
             notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
@@ -197,51 +148,6 @@ def _check_root(format: str, root: str) -> None:
             f"Fix data.root / data.format, or {SYNTH_HINT}.")
 
 
-def _visible_files(folder: str) -> list[str]:
-    """File names in ``folder`` (no hidden files, no sub-folders), sorted."""
-    try:
-        with os.scandir(folder) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
-    except OSError as exc:
-        raise DatasetError(f"cannot list {folder}: {exc}") from exc
-
-
-def _empty_split_error(split: str, folder: str, detail: str) -> DatasetError:
-    return DatasetError(f"the {split} split ({folder}) holds no usable images{detail}; "
-                        f"copy the dataset completely (every split needs images), or {SYNTH_HINT}.")
-
-
-# -- Market-1501 and VeRi-776 --------------------------------------------------------------------------
-def _read_named_split(layout: _NamedLayout, root: str, split: str, folder_name: str,
-                      format: str) -> tuple[list[Sample], int]:
-    """Samples of one split (identity -1 dropped) and how many junk images were dropped."""
-    folder = os.path.join(root, folder_name)
-    samples: list[Sample] = []
-    junk = 0
-    images = [n for n in _visible_files(folder) if is_image_name(n)]
-    for name in images:
-        match = layout.pattern.match(name)
-        if match is None:
-            raise DatasetError(
-                f"{os.path.join(folder, name)}: the file name does not follow the {layout.title} pattern "
-                f"{layout.pattern_text} (e.g. {layout.example}); rename or remove the file, or set data.format "
-                f"if this is another layout (current: {format}).")
-        pid, camid = int(match.group(1)), int(match.group(2))
-        if pid == -1:
-            junk += 1
-            continue
-        if pid < -1 or camid < 1:
-            raise DatasetError(f"{os.path.join(folder, name)}: identity {pid} / camera {camid} out of range "
-                               f"(identities are >= 0, or -1 for junk; cameras start at 1)")
-        samples.append(Sample(os.path.join(folder, name), pid, camid))
-    if not samples:
-        detail = " (no image files)"
-        if images:
-            detail = f" ({len(images)} image file(s), {junk} of them junk with identity -1)"
-        raise _empty_split_error(split, folder, detail)
-    return samples, junk
-
-
 # -- generic folder layout -----------------------------------------------------------------------------
 def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = False) -> DatasetSplits:
     """``root/<split>/<identity>/<camera>_<anything>.<ext>``; identities and cameras named freely.
@@ -256,7 +162,7 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
     for split, folder_name in FOLDER_SPLITS.items():
         folder = os.path.join(root, folder_name)
         entries: list[tuple[str, str, str]] = []
-        for loose in _visible_files(folder):
+        for loose in visible_files(folder):
             if is_image_name(loose):
                 raise DatasetError(
                     f"{os.path.join(folder, loose)}: in the folder layout images go inside one folder per identity, "
@@ -268,7 +174,7 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                 raise DatasetError(f"{os.path.join(folder, identity)}: {DISTRACTOR_FOLDER} (images of nobody) "
                                    f"may only appear in the gallery split")
             id_folder = os.path.join(folder, identity)
-            for name in _visible_files(id_folder):
+            for name in visible_files(id_folder):
                 if not is_image_name(name):
                     continue
                 camera, sep, rest = ("", "_", name) if no_cameras else name.partition("_")
@@ -278,7 +184,7 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                         f"<camera>_<anything>.jpg (e.g. cam1_0001.jpg); rename the file")
                 entries.append((os.path.join(id_folder, name), identity, camera))
         if not entries:
-            raise _empty_split_error(split, folder, " (no <identity>/<camera>_<name>.jpg files)")
+            raise empty_split_error(split, folder, " (no <identity>/<camera>_<name>.jpg files)")
         found[split] = entries
     if not allow_id_overlap:
         _refuse_id_overlap(root, found)
@@ -291,8 +197,6 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
               for split, entries in found.items()}
     notes = [f"identities: {len(names)} folder names mapped to 1..{len(names)} in sorted order",
              f"cameras: {', '.join(f'{c}={cam_of[c]}' for c in cameras[:12])}{' ...' if len(cameras) > 12 else ''}"]
-    from reid.data.checks import folder_camera_warnings
-
     return DatasetSplits(name=os.path.basename(root) or "folder", train=splits["train"], query=splits["query"],
                          gallery=splits["gallery"], format="folder", root=root, notes=notes,
                          warnings=[] if no_cameras else folder_camera_warnings(cameras, len(names)))

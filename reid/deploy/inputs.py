@@ -10,7 +10,7 @@ import glob as _glob
 from pathlib import Path
 from typing import Sequence
 
-from reid.data.datasets import MARKET1501, VERI776, is_image_name
+from reid.data.layouts import MARKET1501, VERI776, is_image_name
 from reid.errors import ReidError
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
