@@ -30,7 +30,7 @@ def config_from_cli(params: Path, variant: str | None, overrides: list[str] | No
 
 def project_base(params: Path) -> Path:
     """Where relative tracking paths are anchored: ``DVC_ROOT`` inside a DVC stage, else the working
-    directory, the rule of every relative path in the parameters (README, "Parameters").
+    directory, the rule of every relative path in the parameters (docs/PARAMETERS.md, "Relative paths").
 
     One rule: ``data.manifest``, ``train.output_dir``, checkpoints and evaluation outputs are relative
     to the working directory, so the MLflow store is too (anchoring it beside the params file put

@@ -2,7 +2,7 @@
 
 Relative tracking paths (``sqlite:///mlflow.db``, ``mlruns``) are anchored at ``DVC_ROOT`` inside a
 DVC stage, else at the working directory, like every relative path of the parameters and like
-``reid ui`` and ``reid evaluate`` (README, "Parameters").
+``reid ui`` and ``reid evaluate`` (docs/PARAMETERS.md, "Relative paths").
 
 Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss),
 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
