@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from reid.data.checks import folder_camera_warnings
-from reid.data.layouts import (DUKEMTMC, MARKET1501, SYNTH_HINT, VERI776, NamedLayout, empty_split_error,
-                               is_image_name, read_named_split, visible_files)
+from reid.data.layouts import (DUKEMTMC, MARKET1501, SYNTH_HINT, VERI776, DatasetKeys, NamedLayout,
+                               empty_split_error, ignored_warning, is_image_name, read_named_split,
+                               unsupported_images, unsupported_note, visible_files)
 from reid.data.pack import read_pack
 from reid.data.readers import read_benchmark
 from reid.data.samples import NO_CAMERA, SPLIT_NAMES, DatasetSplits, Sample
@@ -45,7 +46,7 @@ _NAMED: dict[str, NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776, 
 
 def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool = False, *, cameras: str = "auto",
                  cuhk03_variant: str = "detected", msmt17_use_val: bool = True,
-                 vehicleid_test_size: int = 800) -> DatasetSplits:
+                 vehicleid_test_size: int = 800, evaluation_only: bool = False, source: str = "data") -> DatasetSplits:
     """Read ``root`` in the given layout; raises :class:`DatasetError` saying what is wrong and how to fix it.
 
     ``allow_id_overlap`` (``data.allow_id_overlap``, folder layout): accept an identity folder name that
@@ -54,9 +55,13 @@ def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool
     no ``<camera>_`` prefix, every camid becomes -1 and evaluation drops the same-camera rule. The other
     keywords are the ``data.*`` options of the list-based benchmarks (:mod:`reid.data.readers`);
     :func:`reader_options` takes them all from a ``DataConfig``.
+
+    ``evaluation_only`` (a cross-domain target): the train split may be missing or empty, only query and
+    gallery need images. ``source`` is the parameter section the root and format come from, named in
+    the errors (``data``, or ``evaluate.targets[<name>]``).
     """
     if format not in FORMATS:
-        raise DatasetError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)} (data.format)")
+        raise DatasetError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)} ({source}.format)")
     if cameras not in CAMERA_MODES:
         raise DatasetError(f"unknown camera mode {cameras!r} (data.cameras); expected auto or none")
     root_str = os.path.abspath(os.path.expanduser(str(root)))
@@ -66,20 +71,27 @@ def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool
         return _with_cameras(splits, cameras)
     if format == "pack":  # one file holding the three splits, already filtered like market1501
         return read_pack(root_str)
-    _check_root(format, root_str)
+    keys = DatasetKeys(source, evaluation_only)
+    _check_root(format, root_str, keys)
     if format == "folder":
-        return _with_cameras(_read_folder(root_str, allow_id_overlap, cameras == "none"), cameras)
+        return _with_cameras(_read_folder(root_str, allow_id_overlap, cameras == "none", keys), cameras)
     layout = _NAMED[format]
     splits: dict[str, list[Sample]] = {}
     notes: list[str] = []
+    warnings: list[str] = []
     for split, folder in layout.folders.items():
-        samples, junk = read_named_split(layout, root_str, split, folder, format)
+        if keys.optional(split, os.path.join(root_str, folder)):
+            splits[split] = []
+            continue
+        samples, junk, ignored = read_named_split(layout, root_str, split, folder, format, keys)
         splits[split] = samples
         if junk:
             notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
+        if ignored:
+            warnings.append(ignored_warning(f"{split} ({folder}/)", ignored))
     name = os.path.basename(root_str) or layout.title
     read = DatasetSplits(name=name, train=splits["train"], query=splits["query"], gallery=splits["gallery"],
-                         format=format, root=root_str, notes=notes)
+                         format=format, root=root_str, notes=notes, warnings=warnings)
     return _with_cameras(read, cameras)
 
 
@@ -109,7 +121,7 @@ def _expected(format: str, root: str) -> str:
     return _NAMED[format].describe(root)
 
 
-def _layout_guess(root: str, format: str) -> str:
+def _layout_guess(root: str, format: str, keys: DatasetKeys) -> str:
     """A hint when ``root`` holds another known layout, or when the dataset sits one folder deeper."""
     layouts = {**{k: set(v.folders.values()) for k, v in _NAMED.items()}, "folder": set(FOLDER_SPLITS.values())}
     try:
@@ -118,7 +130,7 @@ def _layout_guess(root: str, format: str) -> str:
         return ""
     for other, folders in layouts.items():
         if other != format and folders <= entries:
-            return f" It looks like a {other} dataset: set data.format={other} (or `reid prepare --format {other}`)."
+            return f" It looks like a {other} dataset: {keys.format_fix(other)}."
     wanted = layouts[format]
     for sub in sorted(entries):
         try:
@@ -126,30 +138,33 @@ def _layout_guess(root: str, format: str) -> str:
         except OSError:
             continue
         if wanted <= inner:
-            return f" The dataset seems to be one level down: set data.root={os.path.join(root, sub)}."
+            return f" The dataset seems to be one level down: set {keys.source}.root={os.path.join(root, sub)}."
     return ""
 
 
-def _check_root(format: str, root: str) -> None:
+def _check_root(format: str, root: str, keys: DatasetKeys) -> None:
     if not os.path.exists(root):
         raise DatasetError(
-            f"dataset root {root} does not exist. Expected the {_expected(format, root)}. "
-            f"Set data.root in params.yaml (or `reid prepare --root PATH`) to your copy; {SYNTH_HINT}.")
+            f"dataset root {root} does not exist ({keys.source}.root). Expected the {_expected(format, root)}. "
+            f"{keys.root_fix}.")
     if not os.path.isdir(root):
-        raise DatasetError(f"dataset root {root} is a file, not a folder. Expected the {_expected(format, root)}.")
-    folders = _NAMED[format].folders.values() if format in _NAMED else FOLDER_SPLITS.values()
-    missing = [f for f in folders if not os.path.isdir(os.path.join(root, f))]
+        raise DatasetError(f"dataset root {root} is a file, not a folder ({keys.source}.root). "
+                           f"Expected the {_expected(format, root)}.")
+    folders = _NAMED[format].folders if format in _NAMED else FOLDER_SPLITS
+    missing = [f for split, f in folders.items()
+               if not os.path.isdir(os.path.join(root, f)) and not (keys.evaluation_only and split == "train")]
     if missing:
         present = sorted(os.listdir(root))
         shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "") if present else "nothing"
         raise DatasetError(
             f"{root} is not in the {format} layout: missing folder(s) {', '.join(missing)} (it holds: {shown}). "
-            f"Expected the {_expected(format, root)}.{_layout_guess(root, format)} "
-            f"Fix data.root / data.format, or {SYNTH_HINT}.")
+            f"Expected the {_expected(format, root)}.{_layout_guess(root, format, keys)} "
+            f"Fix {keys.source}.root / {keys.source}.format" + (f", or {SYNTH_HINT}." if keys.source == "data" else "."))
 
 
 # -- generic folder layout -----------------------------------------------------------------------------
-def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = False) -> DatasetSplits:
+def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = False,
+                 keys: DatasetKeys = DatasetKeys()) -> DatasetSplits:
     """``root/<split>/<identity>/<camera>_<anything>.<ext>``; identities and cameras named freely.
 
     Identity folder names are mapped to 1..N in sorted order over all splits (so an identity keeps its
@@ -159,9 +174,13 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
     ``no_cameras`` (``data.cameras=none``) file names are free and carry no camera.
     """
     found: dict[str, list[tuple[str, str, str]]] = {}  # split -> [(path, identity, camera)]
+    ignored: dict[str, list[str]] = {}  # split -> image files of an unsupported type
     for split, folder_name in FOLDER_SPLITS.items():
         folder = os.path.join(root, folder_name)
         entries: list[tuple[str, str, str]] = []
+        if keys.optional(split, folder):
+            found[split] = entries
+            continue
         for loose in visible_files(folder):
             if is_image_name(loose):
                 raise DatasetError(
@@ -174,7 +193,9 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                 raise DatasetError(f"{os.path.join(folder, identity)}: {DISTRACTOR_FOLDER} (images of nobody) "
                                    f"may only appear in the gallery split")
             id_folder = os.path.join(folder, identity)
-            for name in visible_files(id_folder):
+            files = visible_files(id_folder)
+            ignored.setdefault(split, []).extend(unsupported_images(files))
+            for name in files:
                 if not is_image_name(name):
                     continue
                 camera, sep, rest = ("", "_", name) if no_cameras else name.partition("_")
@@ -184,7 +205,9 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                         f"<camera>_<anything>.jpg (e.g. cam1_0001.jpg); rename the file")
                 entries.append((os.path.join(id_folder, name), identity, camera))
         if not entries:
-            raise empty_split_error(split, folder, " (no <identity>/<camera>_<name>.jpg files)")
+            others = ignored.get(split)
+            detail = " (no <identity>/<camera>_<name>.jpg files" + (f"; {unsupported_note(others)})" if others else ")")
+            raise empty_split_error(split, folder, detail, keys)
         found[split] = entries
     if not allow_id_overlap:
         _refuse_id_overlap(root, found)
@@ -197,9 +220,11 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
               for split, entries in found.items()}
     notes = [f"identities: {len(names)} folder names mapped to 1..{len(names)} in sorted order",
              f"cameras: {', '.join(f'{c}={cam_of[c]}' for c in cameras[:12])}{' ...' if len(cameras) > 12 else ''}"]
+    warnings = [ignored_warning(f"{split}/", files) for split, files in ignored.items() if files]
+    if not no_cameras:
+        warnings += folder_camera_warnings([e for entries in found.values() for e in entries], len(names))
     return DatasetSplits(name=os.path.basename(root) or "folder", train=splits["train"], query=splits["query"],
-                         gallery=splits["gallery"], format="folder", root=root, notes=notes,
-                         warnings=[] if no_cameras else folder_camera_warnings(cameras, len(names)))
+                         gallery=splits["gallery"], format="folder", root=root, notes=notes, warnings=warnings)
 
 
 def _refuse_id_overlap(root: str, found: dict[str, list[tuple[str, str, str]]]) -> None:

@@ -17,6 +17,10 @@ from reid.data.samples import Sample
 from reid.errors import DatasetError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+# Image types a dataset folder may hold that the readers do not take: they are counted and reported,
+# never dropped without a word.
+UNSUPPORTED_IMAGE_EXTENSIONS: tuple[str, ...] = (".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".jp2",
+                                                 ".avif", ".heic", ".heif", ".ppm", ".pgm", ".pnm")
 SYNTH_HINT = "to try the toolkit without it, generate a synthetic Market-format dataset with `reid synth DIR`"
 
 EXT = r"(?:\.(?:jpe?g|png))+"  # one or more image extensions: Market's ``.jpg.jpg`` files must parse
@@ -74,6 +78,52 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+@dataclass(frozen=True)
+class DatasetKeys:
+    """Where a dataset's settings come from, for the errors: ``data`` (with the ``reid prepare`` options
+    that set it), or a cross-domain target ``evaluate.targets[<name>]``, which is evaluation only."""
+
+    source: str = "data"
+    evaluation_only: bool = False
+
+    @property
+    def root_fix(self) -> str:
+        return (f"Set {self.source}.root in params.yaml"
+                + (" (or `reid prepare --root PATH`) to your copy; " + SYNTH_HINT if self.source == "data" else
+                   " to the folder of your copy"))
+
+    def format_fix(self, other: str) -> str:
+        return f"set {self.source}.format={other}" + (f" (or `reid prepare --format {other}`)" if self.source == "data" else "")
+
+    @property
+    def complete(self) -> str:
+        if self.evaluation_only:
+            return "query/ and gallery/ need images (train/ may be empty or absent for an evaluation-only dataset)"
+        return f"copy the dataset completely (every split needs images), or {SYNTH_HINT}"
+
+    def optional(self, split: str, folder: str) -> bool:
+        """True when ``split`` may be skipped: the train split of an evaluation-only dataset, absent or empty."""
+        if not (self.evaluation_only and split == "train"):
+            return False
+        return not os.path.isdir(folder) or not any(is_image_name(f) for _, _, files in os.walk(folder) for f in files)
+
+
+def unsupported_images(names: list[str]) -> list[str]:
+    """The visible file names among ``names`` that are images of a type the readers skip (``.webp``...)."""
+    return [n for n in names if not n.startswith(".") and n.lower().endswith(UNSUPPORTED_IMAGE_EXTENSIONS)]
+
+
+def ignored_warning(where: str, names: list[str]) -> str:
+    """The warning for image files of an unsupported type found in ``where`` (a split, its folder)."""
+    return f"{where}: {unsupported_note(names)}"
+
+
+def unsupported_note(names: list[str]) -> str:
+    types = ", ".join(sorted({os.path.splitext(n)[1].lower() for n in names}))
+    return (f"{len(names)} image file(s) of an unsupported type ({types}) were ignored: only "
+            f"{', '.join(IMAGE_EXTENSIONS)} are read; convert them (e.g. with Pillow) to include them")
+
+
 def visible_files(folder: str) -> list[str]:
     """File names in ``folder`` (no hidden files, no sub-folders), sorted."""
     try:
@@ -83,24 +133,26 @@ def visible_files(folder: str) -> list[str]:
         raise DatasetError(f"cannot list {folder}: {exc}") from exc
 
 
-def empty_split_error(split: str, folder: str, detail: str) -> DatasetError:
-    return DatasetError(f"the {split} split ({folder}) holds no usable images{detail}; "
-                        f"copy the dataset completely (every split needs images), or {SYNTH_HINT}.")
+def empty_split_error(split: str, folder: str, detail: str, keys: DatasetKeys = DatasetKeys()) -> DatasetError:
+    return DatasetError(f"the {split} split ({folder}) holds no usable images{detail}; {keys.complete}.")
 
 
 def read_named_split(layout: NamedLayout, root: str, split: str, folder_name: str,
-                     format: str) -> tuple[list[Sample], int]:
-    """Samples of one split (identity -1 dropped) and how many junk images were dropped."""
+                     format: str, keys: DatasetKeys = DatasetKeys()) -> tuple[list[Sample], int, list[str]]:
+    """Samples of one split (identity -1 dropped), how many junk images were dropped, and the image files
+    of an unsupported type that were ignored."""
     folder = os.path.join(root, folder_name)
     samples: list[Sample] = []
     junk = 0
-    images = [n for n in visible_files(folder) if is_image_name(n)]
+    files = visible_files(folder)
+    images = [n for n in files if is_image_name(n)]
+    ignored = unsupported_images(files)
     for name in images:
         match = layout.pattern.match(name)
         if match is None:
             raise DatasetError(
                 f"{os.path.join(folder, name)}: the file name does not follow the {layout.title} pattern "
-                f"{layout.pattern_text} (e.g. {layout.example}); rename or remove the file, or set data.format "
+                f"{layout.pattern_text} (e.g. {layout.example}); rename or remove the file, or set {keys.source}.format "
                 f"if this is another layout (current: {format}).")
         pid, camid = int(match.group(1)), int(match.group(2))
         if pid == -1:
@@ -114,5 +166,7 @@ def read_named_split(layout: NamedLayout, root: str, split: str, folder_name: st
         detail = " (no image files)"
         if images:
             detail = f" ({len(images)} image file(s), {junk} of them junk with identity -1)"
-        raise empty_split_error(split, folder, detail)
-    return samples, junk
+        if ignored:
+            detail += f"; {unsupported_note(ignored)}"
+        raise empty_split_error(split, folder, detail, keys)
+    return samples, junk, ignored

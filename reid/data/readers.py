@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reid.data.layouts import CUHK03, EXT, MARKET_STYLE_FOLDERS, SYNTH_HINT, read_named_split
+from reid.data.layouts import CUHK03, EXT, MARKET_STYLE_FOLDERS, SYNTH_HINT, ignored_warning, read_named_split
 from reid.data.samples import NO_CAMERA, DatasetSplits, Sample
 from reid.errors import DatasetError
 
@@ -173,13 +173,17 @@ def read_cuhk03(root: str, variant: str = "detected") -> DatasetSplits:
                            f"(it holds: {_holds(base)}). Expected {expected}.")
     splits: dict[str, list[Sample]] = {}
     notes = [f"CUHK03-NP {variant} boxes (data.cuhk03_variant)"]
+    warnings: list[str] = []
     for split, folder in CUHK03.folders.items():
-        samples, junk = read_named_split(CUHK03, base, split, folder, "cuhk03")
+        samples, junk, ignored = read_named_split(CUHK03, base, split, folder, "cuhk03")
         splits[split] = samples
         if junk:
             notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
+        if ignored:
+            warnings.append(ignored_warning(f"{split} ({folder}/)", ignored))
     return DatasetSplits(name=f"{os.path.basename(root) or 'cuhk03'}-{variant}", train=splits["train"],
-                         query=splits["query"], gallery=splits["gallery"], format="cuhk03", root=root, notes=notes)
+                         query=splits["query"], gallery=splits["gallery"], format="cuhk03", root=root, notes=notes,
+                         warnings=warnings)
 
 
 # -- MSMT17 --------------------------------------------------------------------------------------------
