@@ -219,6 +219,12 @@ def test_a_path_with_a_space_is_quoted_in_hints_and_kept_out_of_registry_names(
     assert result.exit_code == 0, result.output
     hint = result.stdout.split("see it with: ", 1)[1].splitlines()[0]
     assert shlex.split(hint) == ["reid", "ui", "--params", str(params)]
+    from reid.data.manifest import load_manifest
+    from reid.errors import DatasetError
+
+    with pytest.raises(DatasetError) as err:
+        load_manifest(tmp_path / "none.json", params)
+    assert f"run `reid prepare --params {shlex.quote(str(params))}` first" in str(err.value)
     assert registered_name("reid", "my run") == "reid-my-run"
     assert registered_name("reid market", "a/b  c") == "reid-market-a-b-c"
 

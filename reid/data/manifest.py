@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -158,8 +159,8 @@ def load_manifest(path: Path | str, params: Path | str | None = None, variant: s
     """
     path = Path(path)
     if not path.is_file():
-        again = f"reid prepare --params {params if params is not None else 'params.yaml'}"
-        again += f" --variant {variant}" if variant else ""
+        argv = ["reid", "prepare", "--params", str(params if params is not None else "params.yaml")]
+        again = shlex.join(argv + (["--variant", variant] if variant else []))  # a path with a space stays one word
         raise DatasetError(f"manifest {path} not found: run `{again}` first "
                            f"(it reads data.root and writes data.manifest)")
     try:
