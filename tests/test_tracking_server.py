@@ -30,6 +30,7 @@ from reid.tracking.replay import REPLAYED_FROM, replay_record
 
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 90
+STEP_LOSS, EPOCH_MAP = "train_step/loss", "mAP"  # a metric per training step, one per evaluation
 
 
 def free_port() -> int:
@@ -144,6 +145,22 @@ def recorded_artifacts(output_dir: Path) -> set[str]:
     return {f"{a}/{name}" if a else name for a, name in run.artifacts}
 
 
+def assert_server_holds_the_record(client, run_id: str, output_dir: Path) -> None:
+    """Every metric point of the run's record is in the server exactly once, every recorded artifact,
+    parameter and tag is there, and the status is the recorded one."""
+    (recorded,) = read_record(output_dir / RECORD_FILE)
+    run = client.get_run(run_id)
+    keys = {p.key for p in recorded.metrics}
+    assert len(keys) >= 5 and STEP_LOSS in keys and EPOCH_MAP in keys, sorted(keys)
+    for key in keys:
+        stored = sorted((m.step, m.timestamp) for m in client.get_metric_history(run_id, key))
+        assert stored == sorted((p.step, p.timestamp) for p in recorded.metrics if p.key == key), key
+    assert recorded.params.items() <= run.data.params.items()
+    assert recorded.tags.items() <= run.data.tags.items()
+    assert recorded_artifacts(output_dir) <= artifact_names(client, run_id)
+    assert run.info.status == recorded.status == "FINISHED"
+
+
 def reid(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("DVC_ROOT", None)
@@ -188,8 +205,9 @@ def test_train_evaluate_export_log_everything_through_the_server(
     assert run.info.status == "FINISHED"
     assert run.data.params["model.backbone"] == "resnet18" and run.data.params["train.max_steps_per_epoch"] == "2"
     assert run.data.tags["variant"] == "baseline"
-    assert steps(client, run_id, "train_step/loss") == [1, 2, 3, 4]
-    assert steps(client, run_id, "mAP") == [1, 2]
+    assert steps(client, run_id, STEP_LOSS) == [1, 2, 3, 4]
+    assert steps(client, run_id, EPOCH_MAP) == [1, 2]
+    assert_server_holds_the_record(client, run_id, work / "run")
     evaluated = json.loads((work / "eval" / "metrics.json").read_text())
     assert run.data.metrics["eval/mAP"] == pytest.approx(evaluated["mAP"])
     assert run.data.metrics["export/min_cosine"] >= 0.9999
@@ -238,9 +256,9 @@ def test_two_trainings_at_once_both_log_completely(
     for name, run in runs.items():
         assert run.info.status == "FINISHED"
         assert run.data.params["train.output_dir"] == f"run_{name}"
-        assert steps(client, run.info.run_id, "train_step/loss") == [1, 2, 3, 4]
-        assert steps(client, run.info.run_id, "mAP") == [1, 2]
-        assert artifact_names(client, run.info.run_id) == recorded_artifacts(work / f"run_{name}")
+        assert steps(client, run.info.run_id, STEP_LOSS) == [1, 2, 3, 4]
+        assert steps(client, run.info.run_id, EPOCH_MAP) == [1, 2]
+        assert_server_holds_the_record(client, run.info.run_id, work / f"run_{name}")
         (report,) = replay_record(work / f"run_{name}")
         assert not report.sent_anything, report.summary()
 
@@ -267,7 +285,7 @@ def test_server_killed_mid_run_training_goes_on_and_log_run_sends_the_rest(
     original = Tracker.log_metrics
 
     def log_metrics(self, metrics, step=None):  # the hook: the server dies before step 2 is logged
-        if step == kill_step and "train_step/loss" in metrics and not killed_at:
+        if step == kill_step and STEP_LOSS in metrics and not killed_at:
             server.kill()
             killed_at.append(time.monotonic())
         original(self, metrics, step)
@@ -290,23 +308,24 @@ def test_server_killed_mid_run_training_goes_on_and_log_run_sends_the_rest(
     run_id = result.mlflow_run_id
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING"
-    assert steps(client, run_id, "train_step/loss") == [1]
-    assert "mAP" not in run.data.metrics
-    assert artifact_names(client, run_id) == {"config.yaml"}
+    assert steps(client, run_id, STEP_LOSS) == [1]
+    assert EPOCH_MAP not in run.data.metrics
+    before = artifact_names(client, run_id)
+    assert "config.yaml" in before and "metrics.json" not in before
+    assert not any(n.startswith("checkpoints/") for n in before), before
 
     logged = reid("log-run", str(out), cwd=tmp_path)
     assert f"run {run_id}: logged" in logged.stdout and "status FINISHED" in logged.stdout, logged.stdout
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     total_steps = config.train.epochs * config.train.max_steps_per_epoch
-    for key in ("train_step/loss", "train_step/lr"):
-        assert [m.step for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)] == list(
-            range(1, total_steps + 1)), key  # every point once, the one before the kill not twice
-    assert steps(client, run_id, "mAP") == [1, 2]
-    assert run.data.metrics["mAP"] == pytest.approx(result.metrics["mAP"])
+    assert steps(client, run_id, STEP_LOSS) == list(range(1, total_steps + 1))  # step 1 once, not twice
+    assert steps(client, run_id, EPOCH_MAP) == [1, 2]
+    assert run.data.metrics[EPOCH_MAP] == pytest.approx(result.metrics["mAP"])
     assert set(config.flat()) <= set(run.data.params)
+    assert_server_holds_the_record(client, run_id, out)
     names = artifact_names(client, run_id)
-    assert names == recorded_artifacts(out) and {"config.yaml", "metrics.json"} < names, names
+    assert {"config.yaml", "metrics.json"} < names, names
     checkpoints = {n.split("/", 1)[1] for n in names if n.startswith("checkpoints/")}
     assert checkpoints and checkpoints <= {p.name for p in server.artifacts.rglob("*.pt")}
 
