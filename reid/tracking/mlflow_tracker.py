@@ -25,7 +25,7 @@ Why a wrapper instead of calling ``mlflow.*`` in the trainer:
   to an ``http(s)`` server fails and the server no longer answers its health check, the tracker goes
   *offline*: training goes on, checkpoints are written as usual, calls are only recorded, and every
   :data:`RECONNECT_INTERVAL_S` one short health check asks whether the server is back; if it is, the
-  tracker sends what the server missed (:func:`reid.tracking.replay.sync_run`) and goes on live.
+  tracker sends what the server missed (:func:`reid.tracking.sync.sync_run`) and goes on live.
   Whatever is still missing at the end is sent later by ``reid log-run <output_dir>``. Each call runs
   under :func:`reid.tracking.connection.bounded_http`, so a dead server costs about 5 s once instead of
   MLflow's minutes of retries per call.
@@ -500,7 +500,7 @@ class Tracker:
         if not _answers(self.uri):
             return False
         from reid.tracking.record import read_record
-        from reid.tracking.replay import sync_run
+        from reid.tracking.sync import sync_run
 
         try:
             recorded = next(r for r in read_record(self.record.path) if r.run_id == self.run_id)
