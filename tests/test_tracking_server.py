@@ -467,3 +467,27 @@ def test_bounded_http_limits_apply_only_during_the_call_and_yield_to_the_user(
         assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 300
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+
+
+def test_a_call_that_failed_while_the_store_answered_is_sent_when_the_run_ends(tmp_path: Path) -> None:
+    """A single failed call (a proxy hiccup) is a warning during the run; the end of the run sends it."""
+    tracker = sqlite_tracker(tmp_path, "store", tmp_path / RECORD_FILE)
+    with tracker.start(run_name="hiccup"):
+        tracker.log_metrics({"m": 1.0}, step=1)
+        real = tracker._client.log_batch
+        calls = []
+
+        def fails_once(*args, **kwargs):
+            calls.append(kwargs)
+            if len(calls) == 1:
+                raise ConnectionError("connection reset by the proxy")
+            return real(*args, **kwargs)
+
+        tracker._client.log_batch = fails_once
+        with pytest.warns(UserWarning, match="could not log metrics of step 2"):
+            tracker.log_metrics({"m": 2.0}, step=2)
+        tracker.log_metrics({"m": 3.0}, step=3)
+        assert not tracker.offline
+        assert [m.step for m in sqlite_client(tmp_path, "store").get_metric_history(tracker.run_id, "m")] == [1, 3]
+    history = sqlite_client(tmp_path, "store").get_metric_history(tracker.run_id, "m")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0)]

@@ -26,9 +26,10 @@ Why a wrapper instead of calling ``mlflow.*`` in the trainer:
   *offline*: training goes on, checkpoints are written as usual, calls are only recorded, and every
   :data:`RECONNECT_INTERVAL_S` one short health check asks whether the server is back; if it is, the
   tracker sends what the server missed (:func:`reid.tracking.sync.sync_run`) and goes on live.
-  Whatever is still missing at the end is sent later by ``reid log-run <output_dir>``. Each call runs
-  under :func:`reid.tracking.connection.bounded_http`, so a dead server costs about 5 s once instead of
-  MLflow's minutes of retries per call.
+  A call that failed while the server still answered is sent again from the record when the run
+  ends. Whatever is still missing at the end is sent later by ``reid log-run <output_dir>``. Each call
+  runs under :func:`reid.tracking.connection.bounded_http`, so a dead server costs a few seconds once
+  instead of MLflow's minutes of retries per call.
 * **Explicit run ids, no global state.** Everything goes through ``MlflowClient`` with this run's id,
   so nothing here starts, ends or switches the process's active fluent run.
 
@@ -54,7 +55,7 @@ from typing import Any, Iterator, Mapping
 from reid.config import Config, TrackingConfig
 from reid.errors import TrackingError
 from reid.tracking.connection import bounded_http, is_server_uri
-from reid.tracking.record import RunRecord, file_sha256
+from reid.tracking.record import RunRecord, file_sha256, read_record
 
 # MLflow's sqlite store trips a sqlalchemy deprecation (``noload``) on every query.
 warnings.filterwarnings("ignore", message=r".*noload.*", category=DeprecationWarning)
@@ -230,6 +231,7 @@ class Tracker:
         self.unsent = 0                  # calls recorded but not sent while offline
         self.reconnect_interval_s = RECONNECT_INTERVAL_S
         self._next_probe = 0.0
+        self._missed = False             # a call failed: the record holds what the store lacks
 
     def keep_record(self, path: Path, new: bool = False) -> None:
         """Write every call to the record at ``path`` before sending it (``new``: a new run in this
@@ -410,6 +412,8 @@ class Tracker:
         self._record("end", status=status, time=now)
         self._next_probe = 0.0  # offline: one last look for the server before the run ends
         self._guard(f"status {status}", lambda: self._client.set_terminated(self.run_id, status, end_time=now))
+        if self._missed and not self.offline and self.record is not None:
+            self._catch_up()  # calls that failed while the server answered: send them now
 
     def close_abandoned(self, run_id: str | None) -> bool:
         """Mark ``run_id`` KILLED if it is still RUNNING; True when it was.
@@ -475,6 +479,7 @@ class Tracker:
             if strict:
                 raise TrackingError(f"MLflow run {self.run_id}: could not log {what}: {exc}") from exc
             self.failures += 1
+            self._missed = self.record is not None
             if self.record is not None and is_server_uri(self.uri) and not _answers(self.uri):
                 self._go_offline(what, exc)
                 return
@@ -499,20 +504,25 @@ class Tracker:
         self._next_probe = time.monotonic() + self.reconnect_interval_s
         if not _answers(self.uri):
             return False
-        from reid.tracking.record import read_record
+        return self._catch_up()
+
+    def _catch_up(self) -> bool:
+        """Send the store what it lacks of this run's record; True when it then holds all of it."""
         from reid.tracking.sync import sync_run
 
+        assert self.record is not None
         try:
             recorded = next(r for r in read_record(self.record.path) if r.run_id == self.run_id)
             with bounded_http():
                 report = sync_run(self._client, recorded, self.run_id)
-        except Exception as exc:  # noqa: BLE001 - try again at the next probe
-            warnings.warn(f"MLflow server {self.uri} answers again, but catching up failed ({exc}); "
-                          "trying again later", stacklevel=4)
+        except Exception as exc:  # noqa: BLE001 - tracking must not end a training run; the record stays
+            warnings.warn(f"MLflow {self.uri}: sending what run {self.run_id} missed failed ({exc}); it stays in "
+                          f"{self.record.path} for `reid log-run {self.record.path.parent}`", stacklevel=4)
             return False
-        self.offline = False
-        self.unsent = 0
-        warnings.warn(f"MLflow server {self.uri} is back: {report.summary()}; logging live again", stacklevel=4)
+        was_offline = self.offline
+        self.offline, self.unsent, self._missed = False, 0, False
+        if was_offline:
+            warnings.warn(f"MLflow server {self.uri} is back: {report.summary()}; logging live again", stacklevel=4)
         return True
 
     @property
