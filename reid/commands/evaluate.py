@@ -289,8 +289,12 @@ def command(
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
         if config.tracking.enabled:
+            from reid.tracking.connection import bounded_http
+
             trained_by = mlflow_run_id or checkpoint_run_id(checkpoint)
-            run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result, list(paths.values()),
-                                                          base=base, names=names, dataset=dataset)
+            with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
+                run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result,
+                                                              list(paths.values()), base=base, names=names,
+                                                              dataset=dataset)
             where = "the run that trained it" if is_training_run else "a run of its own"
             typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

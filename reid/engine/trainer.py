@@ -9,7 +9,11 @@ and after the last, and leaves in ``train.output_dir``:
 * ``metrics.json``: the final evaluation plus ``best_mAP``/``best_epoch`` and the run's cost
   (``train_time_s``, ``train_images``, ``train_img_per_s``, ``eval_time_s``, ``evaluations``: summed
   over every epoch, across resumes, so a recorded result says what it took); ``config.yaml``: the
-  resolved configuration.
+  resolved configuration;
+* ``mlflow-record.jsonl`` (tracking on): every MLflow call of the run, written before it is sent. A
+  tracking server that dies mid-run does not stop training (checkpoints are worth more than a live
+  curve); what it missed is sent when it answers again, or later by ``reid log-run <output_dir>``
+  (:mod:`reid.tracking.record`, docs/TEAM.md).
 
 ``train.epochs=0`` trains nothing: the model is built and initialised exactly as for training (same
 seed, same pretrained weights), evaluated as "epoch 0" and tracked like any run, which gives the
@@ -99,6 +103,7 @@ from reid.engine.resume import (  # noqa: F401 - the resume rule, re-exported fo
 )
 from reid.errors import CheckpointError, NonFiniteLossError, ReidError
 from reid.tracking.mlflow_tracker import Tracker, run_tags, sigterm_as_interrupt
+from reid.tracking.record import RECORD_FILE
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -301,6 +306,9 @@ class _Trainer:
                                "device": str(self.device), "amp": self.amp.name, **self.extra_tags})
         resume_run = state.get("mlflow_run_id") if state is not None else None
         run_name = self.run_name or cfg.tracking.run_name or self.variant or self.out.name
+        # Everything sent to MLflow is first written here, so a tracking server lost mid-run loses
+        # nothing: `reid log-run <output_dir>` sends what it missed (reid.tracking.record).
+        tracker.keep_record(self.out / RECORD_FILE, new=state is None)
         with sigterm_as_interrupt(), tracker.start(run_id=resume_run, run_name=run_name, tags=tags):
             self.tracker = tracker
             if tracker.resumed:
@@ -311,8 +319,12 @@ class _Trainer:
             tracker.log_artifact(self.metrics_path)
             if self.best_path.is_file():
                 tracker.log_artifact(self.best_path, "checkpoints")
-            if tracker.failures:
+            if tracker.failures and not tracker.offline:
                 self.say(f"warning: {tracker.failures} MLflow logging call(s) failed; see the warnings above")
+        if tracker.offline:
+            self.say(f"warning: MLflow server {tracker.uri} stopped answering during the run; {tracker.unsent} "
+                     f"logging call(s) are only in {self.out / RECORD_FILE}. Once the server is back, log them with: "
+                     f"reid log-run {self.out}")
         dist_utils.barrier(ctx)
         return result
 
