@@ -320,6 +320,28 @@ def test_check_refuses_a_budget_its_caps_do_not_fit(tmp_path: Path) -> None:
     assert not (tmp_path / "work" / "logs" / "wheels.log").exists()
 
 
+def test_check_caps_every_phase_within_the_budget_and_skips_on_request(tmp_path: Path) -> None:
+    # The real (non-dry) sequence with an interpreter that fails at once: every phase fails in
+    # milliseconds, and phases.tsv shows the cap each one was given.
+    env = dict(os.environ, OUT=str(tmp_path / "out"), REID_CHECK_WORK=str(tmp_path / "work"), PYTHON="false",
+               REID_CHECK_BUDGET_S="300", REID_CHECK_SKIP="bench_eager bench_nchw bench_compile")
+    proc = subprocess.run(["bash", str(GPU / "check.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in (tmp_path / "work" / "phases.tsv").read_text().splitlines()]
+    caps = {name: (rc, int(limit)) for name, rc, _, limit in rows}
+    assert [r[0] for r in rows] == [p for p in PHASES if p != "imports"]
+    assert {n for n, (rc, _) in caps.items() if rc == "skip"} == {"bench_eager", "bench_nchw", "bench_compile"}
+    # What ran before training, training's cap and the caps after it: within the budget.
+    before = sum(int(r[2]) for r in rows[: [r[0] for r in rows].index("train")])
+    after = caps["eval_compare"][1] + caps["curve"][1] + _caps()["CAP_SUMMARY"]
+    assert before + caps["train"][1] + after <= 300
+    # Training gets what the others leave: at least the floor, here far more.
+    assert caps["train"][1] >= 300 - 63 - 5 > _caps()["TRAIN_MIN_S"]
+    bad = subprocess.run(["bash", str(GPU / "check.sh")], env={**env, "REID_CHECK_SKIP": "train"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "REID_CHECK_SKIP names train" in bad.stderr
+
+
 # -- the evaluation comparison: one matrix, two devices --------------------------------------------------
 def _eval_case(seed: int = 0):
     from reid.config import EvalConfig

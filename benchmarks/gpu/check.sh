@@ -20,7 +20,8 @@
 # REID_CHECK_WORK (scratch folder; default a new /tmp/reid-check.*), REID_CHECK_PACK (default
 # pack/market1501.reidpack; the dry run builds a synthetic one unless given), REID_CHECK_WHEELS and
 # REID_CHECK_LOCK (default benchmarks/gpu/wheels and wheels.lock; the dry run installs them only when
-# REID_CHECK_WHEELS is given).
+# REID_CHECK_WHEELS is given), REID_CHECK_SKIP (phases to leave out, of env and the bench_* ones, e.g.
+# "bench_eager bench_nchw bench_compile": their caps are not reserved, so a rerun fits a smaller budget).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 REPO=$PWD
@@ -51,7 +52,18 @@ TOOLS=benchmarks/gpu/check_tools.py
 # before it leave it at least TRAIN_MIN_S (checked below), which the plan turns into >= 2 short epochs.
 CAP_WHEELS=15; CAP_ENV=25; CAP_EAGER=55; CAP_NCHW=20; CAP_PIPELINE=25; CAP_COMPILE=110; CAP_PREPARE=20
 CAP_PLAN=15; CAP_EVAL=40; CAP_CURVE=10; CAP_SUMMARY=10; MARGIN=3; TRAIN_MIN_S=72
-PRE_S=$((CAP_WHEELS + CAP_ENV + CAP_EAGER + CAP_NCHW + CAP_PIPELINE + CAP_COMPILE + CAP_PREPARE + CAP_PLAN))
+SKIP=" ${REID_CHECK_SKIP:-} "
+for name in $SKIP; do
+  case "$name" in
+    env|bench_eager|bench_nchw|bench_pipeline|bench_compile) ;;
+    *) echo "error: REID_CHECK_SKIP names $name; only env, bench_eager, bench_nchw, bench_pipeline and" \
+            "bench_compile can be left out" >&2; exit 2 ;;
+  esac
+done
+skipped() { [[ "$SKIP" == *" $1 "* ]]; }
+cap_of() { if skipped "$1"; then echo 0; else echo "$2"; fi; }
+PRE_S=$((CAP_WHEELS + $(cap_of env $CAP_ENV) + $(cap_of bench_eager $CAP_EAGER) + $(cap_of bench_nchw $CAP_NCHW)
+         + $(cap_of bench_pipeline $CAP_PIPELINE) + $(cap_of bench_compile $CAP_COMPILE) + CAP_PREPARE + CAP_PLAN))
 POST_S=$((CAP_EVAL + CAP_CURVE + CAP_SUMMARY + MARGIN))
 
 SCALE=1
@@ -107,6 +119,11 @@ GRACE=2
 phase() {
   local name=$1 limit=$2 start=$SECONDS rc
   shift 2
+  if skipped "$name"; then
+    printf '%s\tskip\t0\t0\n' "$name" >> "$WORK/phases.tsv"
+    say "=== [${SECONDS}s] phase $name: skipped (REID_CHECK_SKIP)"
+    return 0
+  fi
   limit=$((limit * SCALE))
   if [ "$limit" -lt $((GRACE + 1)) ]; then limit=$((GRACE + 1)); fi
   say "=== [${SECONDS}s] phase $name (cap ${limit}s)"

@@ -515,6 +515,9 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     phases = []
     for line in (work / "phases.tsv").read_text().splitlines() if (work / "phases.tsv").is_file() else []:
         name, rc, seconds, limit = line.split("\t")
+        if rc == "skip":
+            phases.append({"phase": name, "status": "skipped", "exit": None, "seconds": 0, "timeout_s": 0})
+            continue
         status = "passed" if rc == "0" else ("timed out" if rc in ("124", "137") else f"failed (exit {rc})")
         phases.append({"phase": name, "status": status, "exit": int(rc), "seconds": int(seconds),
                        "timeout_s": int(limit)})
@@ -532,7 +535,8 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         "budget_s": args.budget_s,
         "phases": phases,
         "passed": [p["phase"] for p in phases if p["exit"] == 0],
-        "failed": [p["phase"] for p in phases if p["exit"] != 0],
+        "failed": [p["phase"] for p in phases if p["exit"] not in (0, None)],
+        "skipped": [p["phase"] for p in phases if p["exit"] is None],
         "environment": _load(work / "env.json"),
         "bench_images_per_s": {mode: {_row_key(r): r.get("images_per_s") for r in rows if "error" not in r}
                                for mode, rows in bench.items()},
@@ -556,7 +560,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     print("phase".ljust(width), " status          seconds  limit")
     for p in phases:
         print(p["phase"].ljust(width), "", p["status"].ljust(15), str(p["seconds"]).rjust(7), str(p["timeout_s"]).rjust(6))
-    print(f"{len(summary['passed'])}/{len(phases)} phases passed; wall {args.wall_s} s of a {args.budget_s} s budget; "
+    print(f"{len(summary['passed'])}/{len(phases) - len(summary['skipped'])} phases passed; wall {args.wall_s} s of a {args.budget_s} s budget; "
           f"results in {out}")
     return summary
 

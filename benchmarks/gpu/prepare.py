@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pack = Path(args.pack or root / "pack" / "market1501.reidpack").resolve()
     wheels = Path(args.wheels or root / "benchmarks" / "gpu" / "wheels").resolve()
     lock = Path(args.lock).resolve()
-    report: dict[str, Any] = {"root": str(root)}
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "root": str(root)}
     steps = [s for s in ("wheels", "pack") if s not in (args.skip or [])]
     if "wheels" in steps:
         report["wheels"] = ensure_wheels(lock, wheels, args.python, Path(args.find_links) if args.find_links else None,
@@ -324,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:
+        words = sys.argv[1:] if argv is None else list(argv)
+        report["command"] = " ".join(["benchmarks/gpu/prepare.py", *(shlex.quote(w) for w in words)])
         check_tools._write_json(args.json, report)
     for problem in report["problems"]:
         print(f"error: {problem}", file=sys.stderr)
