@@ -163,7 +163,8 @@ class TrainConfig(_Section):
     """How long to train, on what, and where the results go."""
 
     epochs: int = Field(120, ge=0)  # 0: no training, the initial model is evaluated (a reference point)
-    eval_every: int = Field(10, ge=1, description="evaluate every N epochs (and always after the last)")
+    eval_every: int = Field(10, ge=1, description="evaluate on query/gallery every N epochs (a monitoring curve, "
+                            "MLflow curve/*; never a model selection) and always after the last")
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     compile: bool = False
