@@ -49,7 +49,7 @@ from reid.config import validate  # noqa: E402
 from reid.data.image_store import ImageStore  # noqa: E402
 from reid.data.loaders import TrainLoader, build_train_loader  # noqa: E402
 from reid.data.sampler import PKSampler  # noqa: E402
-from reid.data.transforms import ERASE_FILL, TrainAugment  # noqa: E402
+from reid.data.transforms import TrainAugment  # noqa: E402
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -178,7 +178,7 @@ def bench_reference(args: argparse.Namespace, device: torch.device, manifest: Si
     transform = T.Compose([
         T.Resize((args.height, args.width)), T.RandomHorizontalFlip(cfg.flip_prob), T.Pad(cfg.padding),
         T.RandomCrop((args.height, args.width)), T.ToTensor(), T.Normalize(cfg.mean, cfg.std),
-        T.RandomErasing(cfg.random_erasing_prob, scale=(0.02, 0.4), ratio=(0.3, 3.33), value=list(ERASE_FILL)),
+        T.RandomErasing(cfg.random_erasing_prob, scale=(0.02, 0.4), ratio=(0.3, 3.33), value=list(cfg.mean)),
     ])
     sampler = PKSampler(manifest.train_labels, args.p, args.k, seed=0)
     loader = torch.utils.data.DataLoader(_PILDataset(manifest.train, manifest.train_labels, transform),

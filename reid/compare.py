@@ -30,17 +30,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reid.config import Config, ConfigError, TrackingConfig, load_config, read_params, validate
+from reid.engine.checkpoint import LAST_CHECKPOINT
 from reid.errors import ReidError
 from reid.seed_spread import Run, spread_markdown
 from reid.targets import TargetSettings
 
 BASELINE = "baseline"
-# dvc.yaml addresses every model's checkpoint as pipeline/models/<name>/best.pt (a foreach over
+# dvc.yaml addresses every model's checkpoint as pipeline/models/<name>/last.pt (a foreach over
 # evaluate.models cannot look up each variant's train.output_dir), so the params must agree with it.
 MODELS_DIR = Path("pipeline/models")
 # dvc.yaml's prepare stage writes the cross-domain targets' manifests here, and evaluate_target reads them.
 TARGETS_DIR = Path("pipeline/data/targets")
-CHECKPOINT_NAME = "best.pt"
+CHECKPOINT_NAME = LAST_CHECKPOINT  # the model of the last epoch, the one the recipe reports
 METRICS_NAME = "metrics.json"
 
 COLUMNS = (
@@ -158,7 +159,7 @@ def table_columns(rows: list[ModelRow]) -> list[str]:
 
 
 def _teacher_name(path: Path) -> str:
-    """``pipeline/models/baseline/best.pt`` -> ``baseline``: the model the teacher checkpoint belongs to."""
+    """``pipeline/models/baseline/last.pt`` -> ``baseline``: the model the teacher checkpoint belongs to."""
     parts = Path(path).parts
     if len(parts) >= 2 and Path(*parts[:-2]) == MODELS_DIR:
         return parts[-2]

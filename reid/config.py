@@ -130,8 +130,9 @@ class LossConfig(_Section):
     triplet_weight: float = Field(1.0, ge=0.0)
     triplet_margin: float = Field(0.3, ge=0.0)
     triplet_soft_margin: bool = False
-    center_weight: float = Field(0.0, ge=0.0, description="5e-4 in the recipe when center loss is on")
-    center_lr: float = Field(0.5, gt=0.0)
+    center_weight: float = Field(5e-4, ge=0.0, description="the recipe's 5e-4 (softmax_triplet_with_center, the "
+                                 "published results); 0 switches center loss off")
+    center_lr: float = Field(0.5, gt=0.0, description="lr of the centres' own SGD (no schedule)")
 
 
 class OptimConfig(_Section):
@@ -142,9 +143,11 @@ class OptimConfig(_Section):
     weight_decay: float = Field(5e-4, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     scheduler: Literal["multistep", "cosine"] = "multistep"
-    milestones: list[int] = Field(default_factory=lambda: [40, 70])
+    milestones: list[int] = Field(default_factory=lambda: [40, 70], description="1-based epochs from which lr is "
+                                  "multiplied by gamma (the 40th epoch already trains at 0.1x)")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
-    warmup_epochs: int = Field(10, ge=0)
+    warmup_epochs: int = Field(10, ge=0, description="epoch e < W trains at factor + (1 - factor) * e / W, epoch W "
+                               "is the first at full lr; train.epochs <= W is warned about")
     warmup_factor: float = Field(0.01, gt=0.0, le=1.0)
     min_lr: float = Field(0.0, ge=0.0, description="floor of the cosine schedule")
 
@@ -160,7 +163,8 @@ class TrainConfig(_Section):
     """How long to train, on what, and where the results go."""
 
     epochs: int = Field(120, ge=0)  # 0: no training, the initial model is evaluated (a reference point)
-    eval_every: int = Field(10, ge=1, description="evaluate every N epochs (and always after the last)")
+    eval_every: int = Field(10, ge=1, description="evaluate on query/gallery every N epochs (a monitoring curve, "
+                            "MLflow curve/*; never a model selection) and always after the last")
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     compile: bool = False
@@ -169,7 +173,8 @@ class TrainConfig(_Section):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for smoke runs; None = full epoch")
     output_dir: Path = Path("pipeline/models/baseline")
     log_every_steps: int = Field(20, ge=1)
-    sync_bn: bool = False
+    sync_bn: bool = Field(True, description="under torchrun (world size > 1): BatchNorm statistics of the global "
+                          "batch, as on one big GPU; false: each process normalises its own P/N x K images")
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -254,6 +259,8 @@ class EvalConfig(_Section):
     rerank_max_memory_gb: float = Field(8.0, gt=0.0)
     num_ranked_lists: int = Field(8, ge=0)
     ranked_list_size: int = Field(10, ge=1)
+    val_ids: int = Field(0, ge=0, description="hold this many training identities out as a validation split and "
+                         "keep best.pt = best validation mAP; 0: no split, no best.pt (the last epoch is the model)")
 
 
 class TrackingConfig(_Section):

@@ -7,6 +7,9 @@
 #   # (2026-12-03, sum of wall_time_s in benchmarks/results/market1501_cpu_2026-12-03.json)
 #   bash scripts/market_cpu.sh train_baseline        # arguments go to `dvc repro` (stage names)
 #   REID_MARKET_ROOT=/data/Market-1501-v15.09.15 bash scripts/market_cpu.sh
+#   # the baseline alone (train + evaluate), with today's code, in its own copy beside the recorded run:
+#   REID_MARKET_CPU_DIR="$PWD/.market-cpu-baseline" bash scripts/market_cpu.sh train_baseline evaluate@baseline
+#   .venv/bin/python scripts/market_cpu_results.py .market-cpu-baseline --partial --out benchmarks/results/<name>.json
 #
 # Like the quickstart it works in a copy of the project, .market-cpu/ (git-ignored), so the checkout
 # is never modified and the copy's code is the code that runs (PYTHONPATH points at it). A second
@@ -42,7 +45,7 @@ if [ ! -d "$RUN/.git" ]; then
   mkdir -p "$RUN"
   (cd "$REPO" && git ls-files -z --cached --others --exclude-standard) |
     while IFS= read -r -d '' f; do
-      case "$f" in pipeline/*|dvc.lock|params.yaml|.quickstart/*|.market-cpu/*) continue ;; esac
+      case "$f" in pipeline/*|dvc.lock|params.yaml|.quickstart/*|.market-cpu*/*) continue ;; esac
       [ -f "$REPO/$f" ] && printf '%s\0' "$f"
     done | (cd "$REPO" && tar --null -T - -cf -) | tar -xf - -C "$RUN"
   # The dataset root is absolute in the copy: a relative one would resolve inside .market-cpu/.

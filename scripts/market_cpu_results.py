@@ -99,9 +99,16 @@ def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] |
     def series(name: str) -> dict[int, float]:
         return {m.step: m.value for m in client.get_metric_history(run_id, name)}  # last value per step wins
 
-    epoch_time, ips, eval_time = series("train/epoch_time_s"), series("train/img_per_s"), series("eval_time_s")
+    from reid.engine.trainer import CURVE_PREFIX
+
+    # The query/gallery curve during training: curve/* since the last epoch is the reported model, plain
+    # names in runs recorded before.
+    def curve_series(name: str) -> dict[int, float]:
+        return series(f"{CURVE_PREFIX}{name}") or series(name)
+
+    epoch_time, ips, eval_time = series("train/epoch_time_s"), series("train/img_per_s"), curve_series("eval_time_s")
     out: dict[str, Any] = {"mlflow_run_id": run_id,
-                           "curve": [{"epoch": e, "mAP": v} for e, v in sorted(series("mAP").items())]}
+                           "curve": [{"epoch": e, "mAP": v} for e, v in sorted(curve_series("mAP").items())]}
     if epoch_time:
         seconds = sum(epoch_time.values())
         images = sum(epoch_time[e] * ips.get(e, 0.0) for e in epoch_time)
@@ -119,6 +126,7 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
     """
     from reid.compare import read_plan
     from reid.config import ConfigError
+    from reid.engine.checkpoint import LAST_CHECKPOINT
 
     run_dir = Path(run_dir).resolve()
     params = run_dir / "params.yaml"
@@ -152,11 +160,10 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
             evaluated = read_json(eval_metrics, f"evaluate stage of {model.name!r}")
             accuracy_source = "evaluate stage"
         else:
-            # The trainer's last evaluation is the same full protocol on the same checkpoint when the
-            # best epoch is the last one; say which file the numbers come from.
+            # The trainer's last evaluation is the same full protocol on the same model (last.pt, the
+            # last epoch); say which file the numbers come from.
             evaluated = trained
-            accuracy_source = "train stage (final evaluation of best.pt's epoch)" if trained.get(
-                "best_epoch") == trained.get("epoch") else "train stage (final evaluation; best.pt is another epoch)"
+            accuracy_source = "train stage (final evaluation of the last epoch, last.pt)"
         row: dict[str, Any] = {
             "model": model.name,
             "backbone": cfg.model.backbone,
@@ -186,7 +193,7 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
         row["mlflow_run_id"] = (history or {}).get("mlflow_run_id")
         variant = f" --variant {model.variant}" if model.variant else ""
         row["command"] = (f"reid train --params params.yaml{variant} && reid evaluate "
-                          f"{cfg.train.output_dir}/best.pt --params params.yaml --output "
+                          f"{cfg.train.output_dir}/{LAST_CHECKPOINT} --params params.yaml --output "
                           f"{plan.metrics_path(model).parent}")
         models.append(row)
     spread = seed_spread_rows(plan, models)

@@ -81,7 +81,7 @@ cat pipeline/compare/comparison.md
 cat <<EOF
 
 Quickstart finished in $((elapsed / 60)) min $((elapsed % 60)) s. Everything is in $QS:
-  models         pipeline/models/<name>/best.pt   metrics  pipeline/eval/<name>/metrics.json
+  models         pipeline/models/<name>/last.pt   metrics  pipeline/eval/<name>/metrics.json
   cross-domain   pipeline/eval/<name>/targets/synth_b/metrics.json (eval/synth_b/* in MLflow)
   comparison     pipeline/compare/comparison.{md,csv,png}
   exported model pipeline/export/baseline/model.onnx (+ model.parity.json)

@@ -75,8 +75,31 @@ def _injected(mistake: str, tree: dict) -> Iterator[dict]:
         yield tree
 
 
+class _Captured(Exception):
+    """Stops the trainer's evaluation once the buffers of the model it embeds with are recorded."""
+
+
+def eval_buffers(t) -> dict:
+    """The floating-point buffers of the model the trainer's ``_evaluate`` hands to the feature extraction."""
+    import reid.evaluation.runner as runner
+
+    seen: dict = {}
+
+    def capture(model, manifest, config, device):
+        seen.update({n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()})
+        raise _Captured
+
+    with mock.patch.object(runner, "evaluate_model", capture):
+        try:
+            t._evaluate(1)
+        except _Captured:
+            pass
+    return seen
+
+
 def first_step(tree: dict, source: str) -> dict:
-    """One step of the real trainer (its _run/_build/_train_epoch/_step, minus tracking and evaluation)."""
+    """One step of the real trainer (its _run/_build/_train_epoch/_step, minus tracking), then the start of
+    its evaluation (``eval_buffers``: what the model embeds query/gallery with on this rank)."""
     from reid.config import validate
     from reid.data.manifest import load_manifest
     from reid.engine import distributed as dist_utils
@@ -99,13 +122,15 @@ def first_step(tree: dict, source: str) -> dict:
     images, labels = next(iter(t.loader))
     before = {n: p.detach().clone() for n, p in t.objective.named_parameters()}
     total, _, _ = t._step(images.double(), labels)
+    buffers = {n: b.detach().clone() for n, b in t.objective.named_buffers() if b.is_floating_point()}
     return {
         "rank": t.ctx.rank,
         "loss": total.detach().double(),
         "labels": labels.cpu(),
         "grads": {n: p.grad.detach().clone() for n, p in t.objective.named_parameters() if p.grad is not None},
         "steps": {n: p.detach() - before[n] for n, p in t.objective.named_parameters()},
-        "buffers": {n: b.detach().clone() for n, b in t.objective.named_buffers() if b.is_floating_point()},
+        "buffers": buffers,
+        "eval_buffers": eval_buffers(t),
     }
 
 

@@ -29,7 +29,7 @@ def params_tree() -> dict:
             "sd_003": {"kd": {"self_distill": True, "feature_loss_coefficient": 0.03},
                        "train": {"output_dir": "pipeline/models/sd_003"}},
             "kd_r18": {"model": {"backbone": "resnet18"},
-                       "kd": {"teacher_checkpoint": "pipeline/models/baseline/best.pt", "temperature": 16.0},
+                       "kd": {"teacher_checkpoint": "pipeline/models/baseline/last.pt", "temperature": 16.0},
                        "train": {"output_dir": "pipeline/models/kd_r18"}},
         },
         "evaluate": {"output_dir": "pipeline/eval", "models": ["baseline", "sd_003", "kd_r18"]},
@@ -72,7 +72,7 @@ def pipeline_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     scores = {"baseline": (0.40, 0.60), "sd_003": (0.45, 0.65), "kd_r18": (0.35, 0.55)}
     for name, (mAP, rank1) in scores.items():
         resolved = resolve_tree(tree, None if name == "baseline" else name)
-        save_fake_checkpoint(tmp_path / "pipeline/models" / name / "best.pt", resolved, run_id=None)
+        save_fake_checkpoint(tmp_path / "pipeline/models" / name / "last.pt", resolved, run_id=None)
         write_metrics(tmp_path / "pipeline/eval" / name / "metrics.json", mAP, rank1)
     return tmp_path
 
@@ -189,7 +189,7 @@ def test_compare_finds_mlflow_runs_by_checkpoint_then_by_variant_tag(pipeline_di
     from reid.config import resolve_tree
 
     stored = client.create_run(exp_id, tags={"variant": "kd_r18"}).info.run_id
-    save_fake_checkpoint(pipeline_dir / "pipeline/models/kd_r18/best.pt", resolve_tree(tree, "kd_r18"), run_id=stored)
+    save_fake_checkpoint(pipeline_dir / "pipeline/models/kd_r18/last.pt", resolve_tree(tree, "kd_r18"), run_id=stored)
     client.create_run(exp_id, tags={"variant": "kd_r18"})  # newer, but the checkpoint names the other one
 
     result = compare(pipeline_dir / "params.yaml")

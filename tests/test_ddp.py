@@ -195,29 +195,54 @@ def first_step_tree(synthetic_root: Path, tmp_path: Path) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def first_steps(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synthetic_manifest):
-    """The single-process first step, and the 2-process (torchrun, gloo) first step: correct and with
-    each mistake injected. Returns ``(single, {variant: [rank0, rank1]})``."""
+def default_tree(synthetic_root: Path, tmp_path: Path) -> dict:
+    """The recipe's training settings as a user gets them: no optim, loss or sync_bn key (Adam with the
+    10-epoch warmup, centre loss 5e-4 with its own SGD, train.sync_bn left at its default), on the
+    first-step test's small data and model."""
+    tree = first_step_tree(synthetic_root, tmp_path)
+    del tree["optim"]
+    del tree["train"]["sync_bn"]
+    return tree
+
+
+def run_first_steps(tmp_path: Path, tree: dict, variants: tuple[str, ...]) -> tuple[dict, dict]:
+    """The single-process first step, and the 2-process (torchrun, gloo) first step of each variant
+    (``none`` = correct; otherwise a mistake injected). Returns ``(single, {variant: [rank0, rank1]})``."""
     import json
 
-    from reid.data.manifest import write_manifest
-
-    tmp_path = tmp_path_factory.mktemp("ddp_first_step")
-    write_manifest(synthetic_manifest, tmp_path / "manifest.json")
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(first_step_tree(synthetic_root, tmp_path)))
+    config.write_text(json.dumps(tree))
     single = subprocess.run([sys.executable, str(FIRST_STEP_WORKER), str(config), str(tmp_path / "single")],
                             cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = Path(sys.executable).parent / "torchrun"
     ddp = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(FIRST_STEP_WORKER), str(config),
-                          str(tmp_path / "ddp"), "none", *MISTAKES],
+                          str(tmp_path / "ddp"), *variants],
                          cwd=tmp_path, env=_child_env(), capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     load = lambda path: torch.load(path, weights_only=True)  # noqa: E731
     return (load(tmp_path / "single.none.rank0.pt"),
-            {v: [load(tmp_path / f"ddp.{v}.rank{r}.pt") for r in range(2)] for v in ("none", *MISTAKES)})
+            {v: [load(tmp_path / f"ddp.{v}.rank{r}.pt") for r in range(2)] for v in variants})
+
+
+@pytest.fixture(scope="module")
+def first_steps(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synthetic_manifest):
+    """First steps of the plain-SGD tree: correct and with each mistake injected."""
+    from reid.data.manifest import write_manifest
+
+    tmp_path = tmp_path_factory.mktemp("ddp_first_step")
+    write_manifest(synthetic_manifest, tmp_path / "manifest.json")
+    return run_first_steps(tmp_path, first_step_tree(synthetic_root, tmp_path), ("none", *MISTAKES))
+
+
+@pytest.fixture(scope="module")
+def default_first_steps(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synthetic_manifest):
+    """First steps with the default training settings (:func:`default_tree`)."""
+    from reid.data.manifest import write_manifest
+
+    tmp_path = tmp_path_factory.mktemp("ddp_default_first_step")
+    write_manifest(synthetic_manifest, tmp_path / "manifest.json")
+    return run_first_steps(tmp_path, default_tree(synthetic_root, tmp_path), ("none",))
 
 
 def relative_error(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
@@ -258,6 +283,38 @@ def test_each_distributed_mistake_is_caught(first_steps, mistake: str) -> None:
     assert max(errors) > CAUGHT, (mistake, errors)
 
 
+def test_default_settings_take_the_single_process_first_step_exactly(default_first_steps) -> None:
+    """Out of the box (Adam, warmup, centre loss, sync_bn not set): two processes are one process on the
+    global batch, BatchNorm statistics included (SyncBN is on by default under torchrun)."""
+    single, runs = default_first_steps
+    assert any("center" in name for name in single["grads"])  # the centre loss is part of the default objective
+    for rank in runs["none"]:
+        assert relative_error(rank["grads"], single["grads"]) <= EXACT
+        assert relative_error(rank["steps"], single["steps"]) <= EXACT
+        assert relative_error(rank["buffers"], single["buffers"]) <= EXACT
+
+
+def test_the_sync_bn_opt_out_is_kept(first_steps) -> None:
+    """train.sync_bn=false still means per-rank statistics (the per_rank_bn variant sets it)."""
+    single, runs = first_steps
+    assert all(relative_error(rank["buffers"], single["buffers"]) > CAUGHT for rank in runs["per_rank_bn"])
+
+
+def test_evaluation_after_ddp_training_embeds_with_rank0_buffers(first_steps) -> None:
+    """Without SyncBN each rank's running statistics differ after training; the evaluation must still embed
+    every query/gallery shard with one model: rank 0's buffers (the checkpointed ones) on every rank."""
+    _, runs = first_steps
+    rank0, rank1 = runs["per_rank_bn"]
+    assert relative_error(rank1["buffers"], rank0["buffers"]) > CAUGHT  # the premise: they did diverge
+    assert rank0["eval_buffers"] and set(rank0["eval_buffers"]) == set(rank1["eval_buffers"])
+    for name, value in rank0["eval_buffers"].items():
+        assert torch.equal(rank1["eval_buffers"][name], value), name
+        assert torch.equal(value, rank0["buffers"][f"model.{name}"]), name  # rank 0 kept its own statistics
+    # With SyncBN (the default) nothing had to move: the ranks already agree.
+    for name, value in runs["none"][0]["eval_buffers"].items():
+        assert torch.equal(runs["none"][1]["eval_buffers"][name], value), name
+
+
 @pytest.mark.slow
 def test_torchrun_reid_train_runs_end_to_end(tmp_path: Path, synthetic_root: Path, synthetic_manifest) -> None:
     """Smoke test of the command a user launches: ``torchrun ... reid train`` trains, evaluates, saves
@@ -293,4 +350,4 @@ def test_torchrun_reid_train_runs_end_to_end(tmp_path: Path, synthetic_root: Pat
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["world_size"] == "2"
-    assert runs[0].info.run_id == b["mlflow_run_id"] and "mAP" in runs[0].data.metrics
+    assert runs[0].info.run_id == b["mlflow_run_id"] and "curve/mAP" in runs[0].data.metrics

@@ -256,3 +256,61 @@ def test_feature_distance_leaves_detaching_to_the_caller():
         feature_distance(s, t, "l1")  # type: ignore[arg-type]
     with pytest.raises(ReidError, match=r"\[B, D\]"):
         feature_distance(s, torch.randn(3, 5), "l2")
+
+
+# -- exact fp32 triplet distances whatever the matmul precision ------------------------------------------
+def tf32_round(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (float32) rounded to TF32's 10-bit mantissa, what an Ampere tensor core multiplies."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def emulated_tf32(monkeypatch) -> None:
+    """Every float32 matrix product called through torch's Python API multiplies TF32-rounded inputs,
+    as CUDA does under ``torch.set_float32_matmul_precision("high")`` (CPUs have no TF32 to run)."""
+    def rounded(fn, operand_slots):
+        def wrapper(*args, **kwargs):
+            args = list(args)
+            for i in operand_slots:
+                if i < len(args) and isinstance(args[i], torch.Tensor) and args[i].dtype == torch.float32:
+                    args[i] = tf32_round(args[i])
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name, slots in (("mm", (0, 1)), ("matmul", (0, 1)), ("bmm", (0, 1)), ("addmm", (1, 2)), ("baddbmm", (1, 2))):
+        monkeypatch.setattr(torch, name, rounded(getattr(torch, name), slots))
+        monkeypatch.setattr(torch.Tensor, name, rounded(getattr(torch.Tensor, name), slots))  # self is slot 0
+    monkeypatch.setattr(torch.Tensor, "__matmul__", rounded(torch.Tensor.__matmul__, (0, 1)))
+    monkeypatch.setattr(F, "linear", rounded(F.linear, (0, 1)))
+
+
+def test_emulated_tf32_is_what_breaks_the_cancelling_formula(monkeypatch):
+    """The emulation is real: |x|^2 + |x|^2 - 2 x.x through a TF32 product is far from 0 at norm ~25."""
+    x = torch.randn(4, 2048, generator=torch.Generator().manual_seed(0)) * 0.55  # norms ~25, as before the BN-neck
+    emulated_tf32(monkeypatch)
+    sq = (x * x).sum(1)
+    self_sq = torch.addmm(sq[:, None] + sq[None, :], x, x.t(), beta=1.0, alpha=-2.0).diagonal()
+    assert self_sq.abs().max().item() > 1e-3
+
+
+def test_triplet_distances_are_exact_fp32_under_high_matmul_precision(monkeypatch):
+    """Identical features are at distance exactly 0, and every distance is the float64 one to fp32 rounding,
+    with TF32 products (set_float32_matmul_precision("high") semantics, emulated)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 2048, generator=gen) * 0.55
+    x[1] = x[0]
+    x[9] = x[8]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7])
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        emulated_tf32(monkeypatch)
+        dist = pairwise_euclidean(x)
+        loss = triplet_loss(x, labels, margin=0.3)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert dist[0, 1].item() == 0.0 and dist[8, 9].item() == 0.0 and dist.diagonal().eq(0).all()
+    d64 = torch.cdist(x.double(), x.double())
+    assert ((dist.double() - d64).abs() / d64.clamp(min=1.0)).max().item() < 1e-5
+    monkeypatch.undo()
+    assert loss.item() == pytest.approx(triplet_loss(x.double(), labels, margin=0.3).item(), rel=1e-5)

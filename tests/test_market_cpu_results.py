@@ -77,7 +77,7 @@ def test_results_json_and_table_from_a_run_folder(tmp_path, results_script, caps
     assert timing == (1200.0, 20.0, 240.0, 1440.0)
     assert sd["timing_source"] == "metrics.json"
     assert sd["command"].startswith("reid train --params params.yaml --variant sd_003 && reid evaluate "
-                                    "pipeline/models/sd_003/best.pt")
+                                    "pipeline/models/sd_003/last.pt")
     table = capsys.readouterr().out
     assert "| sd_003 | resnet34 | self | 0 | 2 | 32.0 | 31.0 | 52.0 | 70.0 | 80.0 | 5.0 | 24.0 | 20.0 |" in table
     assert "3368 queries x 15913 gallery images" in table

@@ -115,6 +115,41 @@ def test_ibn_module_is_instance_norm_on_the_first_half_and_batch_norm_on_the_res
     torch.testing.assert_close(out, torch.cat([expected_in, expected_bn], dim=1), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_ibn_block_keeps_the_memory_format_of_its_input(resnet50_ibn, training):
+    """instance_norm returns NCHW; the block must still hand channels_last on (forward and gradient),
+    or every one of the 13 IBN blocks converts back and forth. Values are those of the NCHW path."""
+    ibn = resnet50_ibn.layer2[0].bn1
+    ibn.train(training)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, ibn.channels, 8, 4, generator=g)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out_cl = ibn(x_cl)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    out_cl.backward(torch.ones_like(out_cl))
+    assert x_cl.grad.is_contiguous(memory_format=torch.channels_last)
+    out = ibn(x)
+    assert out.is_contiguous()  # an NCHW input stays NCHW
+    torch.testing.assert_close(out_cl, out, atol=1e-5, rtol=1e-5)
+
+
+def test_every_ibn_block_of_the_backbone_outputs_channels_last(resnet50_ibn):
+    seen: list[bool] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+             for m in resnet50_ibn.modules() if isinstance(m, IBN)]
+    model = resnet50_ibn.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            model.train()
+            model.layer3(model.layer2(model.layer1(model.stem(
+                torch.randn(2, 3, 64, 32).contiguous(memory_format=torch.channels_last)))))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.to(memory_format=torch.contiguous_format)
+    assert len(seen) == 13 and all(seen)
+
+
 def test_infer_backbone_name_recognises_every_depth():
     assert infer_backbone_name(build_backbone("resnet34", 1).state_dict()) == "resnet34"
     model_keys = {f"backbone.{k}": v for k, v in build_backbone("resnet18", 1).state_dict().items()}

@@ -16,6 +16,7 @@ from reid.engine.optim import (
     exclude,
     lr_factor,
     rescale_center_gradients,
+    schedule_warnings,
     sync_lr,
 )
 
@@ -33,29 +34,46 @@ def lrs(optim: OptimConfig, epochs: int) -> list[float]:
 
 
 def test_recipe_warmup_then_multistep() -> None:
+    """The reference's stepping (WarmupMultiStepLR stepped at the start of every epoch): epoch 1 already
+    at (0.01 + 0.99 / 10) x lr, full lr from epoch 10, decays from epochs 40 and 70 (1-based)."""
     optim = OptimConfig()  # the recipe: 3.5e-4, warmup 10 epochs from 0.01x, x0.1 at 40 and 70
     got = lrs(optim, 120)
-    assert got[0] == pytest.approx(0.01 * 3.5e-4)
-    assert got[5] == pytest.approx(3.5e-4 * (0.01 + 0.99 * 0.5))
-    assert all(a < b for a, b in zip(got[:10], got[1:11]))  # strictly increasing during warmup
-    assert got[10] == pytest.approx(3.5e-4) and got[39] == pytest.approx(3.5e-4)
-    assert got[40] == pytest.approx(3.5e-5) and got[69] == pytest.approx(3.5e-5)
-    assert got[70] == pytest.approx(3.5e-6) and got[119] == pytest.approx(3.5e-6)
+    assert got[0] == pytest.approx(3.5e-4 * (0.01 + 0.99 * 0.1))  # 3.815e-5
+    assert got[4] == pytest.approx(3.5e-4 * (0.01 + 0.99 * 0.5))
+    assert all(a < b for a, b in zip(got[:9], got[1:10]))  # strictly increasing during warmup
+    assert got[9] == pytest.approx(3.5e-4) and got[38] == pytest.approx(3.5e-4)
+    assert got[39] == pytest.approx(3.5e-5) and got[68] == pytest.approx(3.5e-5)
+    assert got[69] == pytest.approx(3.5e-6) and got[119] == pytest.approx(3.5e-6)
 
 
 def test_cosine_after_warmup_reaches_the_floor() -> None:
     optim = OptimConfig(scheduler="cosine", lr=1e-3, warmup_epochs=2, warmup_factor=0.1, min_lr=1e-5)
     got = lrs(optim, 12)
-    assert got[0] == pytest.approx(1e-4)
-    assert got[2] == pytest.approx(1e-3)  # warmup over: full lr, start of the cosine
-    mid = 2 + 5  # half-way through the 10 cosine epochs
-    assert got[mid] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert all(a > b for a, b in zip(got[2:], got[3:]))
+    assert got[0] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert got[1] == pytest.approx(1e-3)  # warmup over (epoch 2 = warmup_epochs): full lr, start of the cosine
+    mid = 1 + 11 // 2  # about half-way through the 11 cosine epochs
+    assert got[mid] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 5 / 11)))
+    assert all(a > b for a, b in zip(got[1:], got[2:]))
     assert got[-1] > 1e-5 and lr_factor(optim, 12, 12) * 1e-3 == pytest.approx(1e-5)
 
 
 def test_no_warmup_starts_at_full_lr() -> None:
-    assert lrs(OptimConfig(warmup_epochs=0, milestones=[1]), 2) == pytest.approx([3.5e-4, 3.5e-5])
+    assert lrs(OptimConfig(warmup_epochs=0, milestones=[2]), 2) == pytest.approx([3.5e-4, 3.5e-5])
+    assert lrs(OptimConfig(warmup_epochs=1, milestones=[2]), 2) == pytest.approx([3.5e-4, 3.5e-5])
+
+
+def test_a_run_inside_its_warmup_is_warned_about() -> None:
+    # The case seen in practice: 2 epochs with the recipe's 10-epoch warmup never reach the full lr.
+    (warning,) = schedule_warnings(OptimConfig(), 2)
+    assert "train.epochs=2 <= optim.warmup_epochs=10" in warning and "2 of the 2 epoch(s)" in warning
+    (warning,) = schedule_warnings(OptimConfig(), 10)  # full lr only in the last epoch
+    assert "9 of the 10 epoch(s)" in warning
+    assert schedule_warnings(OptimConfig(), 11) == [] and schedule_warnings(OptimConfig(), 120) == []
+    assert schedule_warnings(OptimConfig(warmup_epochs=1), 1) == []  # warmup of 1 epoch = none
+    assert schedule_warnings(OptimConfig(), 0) == []
+    # Decayed before the warmup ends: the run never sees full lr although it is long.
+    (warning,) = schedule_warnings(OptimConfig(milestones=[5]), 50)
+    assert "never trains at the full optim.lr" in warning
 
 
 def test_scheduler_state_resumes_and_follows_a_longer_run() -> None:

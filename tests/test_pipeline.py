@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from reid.compare import BASELINE, read_plan
+from reid.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -96,8 +97,21 @@ def test_params_agree_with_pipeline_layout(params: str) -> None:
     offline = [m for m in plan.models if m.config.kd.offline]
     assert offline, "no offline-KD variant"
     for m in offline:
-        assert m.config.kd.teacher_checkpoint == Path("pipeline/models/baseline/best.pt")
+        assert m.config.kd.teacher_checkpoint == Path(f"pipeline/models/baseline/{LAST_CHECKPOINT}")
         assert (m.config.kd.logit_weight, m.config.kd.temperature) == (1.0, 16.0)
+
+
+def test_no_stage_reports_exports_or_distils_a_model_selected_on_the_test_split() -> None:
+    """`grep best.pt dvc.yaml` finds nothing: every stage reads the model of the last epoch, and so does every
+    offline teacher of the committed params files. best.pt (a validation-split choice) is never a stage input."""
+    text = (REPO / "dvc.yaml").read_text()
+    assert BEST_CHECKPOINT not in text and f"/{LAST_CHECKPOINT}" in text
+    for params in ("params.yaml", "scripts/quickstart_params.yaml", "scripts/market_cpu_params.yaml"):
+        variants = yaml.safe_load((REPO / params).read_text()).get("variants") or {}
+        teachers = [(v.get("kd") or {}).get("teacher_checkpoint") for v in variants.values()]
+        assert any(teachers) and all(Path(t).name == LAST_CHECKPOINT for t in teachers if t), (params, teachers)
+    for script in ("scripts/quickstart.sh", "scripts/market_cpu.sh", "scripts/market_cpu_results.py"):
+        assert BEST_CHECKPOINT not in (REPO / script).read_text(), script
 
 
 def test_committed_experiment_is_the_recipe_on_market() -> None:
@@ -131,15 +145,15 @@ def test_stage_params_isolate_each_variant(tmp_path: Path) -> None:
     for v in variants:
         train = stages[f"train_kd@{v}"]
         assert train["params"] == TRAIN_SECTIONS | {f"variants.{v}"}
-        assert "pipeline/models/baseline/best.pt" in train["deps"]  # the offline teacher
-        assert f"pipeline/models/{v}/best.pt" in train["outs"]
+        assert f"pipeline/models/baseline/{LAST_CHECKPOINT}" in train["deps"]  # the offline teacher
+        assert f"pipeline/models/{v}/{LAST_CHECKPOINT}" in train["outs"]
     for m in [BASELINE, *variants]:
         ev = stages[f"evaluate@{m}"]
         assert not any(p.startswith("variants") for p in ev["params"])
-        assert f"pipeline/models/{m}/best.pt" in ev["deps"]
+        assert f"pipeline/models/{m}/{LAST_CHECKPOINT}" in ev["deps"]
         assert f"pipeline/eval/{m}/metrics.json" in ev["outs"]
         export = stages[f"export@{m}"]
-        assert export["params"] == {"data.manifest"} and f"pipeline/models/{m}/best.pt" in export["deps"]
+        assert export["params"] == {"data.manifest"} and f"pipeline/models/{m}/{LAST_CHECKPOINT}" in export["deps"]
         assert {f"pipeline/export/{m}/model.onnx", f"pipeline/export/{m}/model.parity.json"} <= export["outs"]
     assert "variants" in stages["compare"]["params"]
     for stage in stages.values():  # every code dependency exists in the project
@@ -161,7 +175,7 @@ def test_quickstart_declares_a_cross_domain_stage_per_model(tmp_path: Path) -> N
     assert {"evaluate.targets", "data"} <= stages["prepare"]["params"]
     for m in plan.models:
         stage = stages[f"evaluate_target@{m.name}-target0"]
-        assert {f"pipeline/models/{m.name}/best.pt", "pipeline/data/targets/synth_b.json"} <= stage["deps"]
+        assert {f"pipeline/models/{m.name}/{LAST_CHECKPOINT}", "pipeline/data/targets/synth_b.json"} <= stage["deps"]
         assert stage["outs"] == {f"pipeline/eval/{m.name}/targets/synth_b/metrics.json"}
         assert not any(p.startswith("variants") for p in stage["params"])
     assert len([s for s in stages if s.startswith("evaluate_target@")]) == len(plan.models)
@@ -206,7 +220,7 @@ def tiny_params(data_root: Path, target_root: Path | None = None) -> dict:
         "variants": {
             "sd": {"kd": {"self_distill": True, "feature_loss_coefficient": 0.03},
                    "train": {"output_dir": "pipeline/models/sd"}},
-            "kd_r18": {"kd": {"teacher_checkpoint": "pipeline/models/baseline/best.pt", "logit_weight": 1.0,
+            "kd_r18": {"kd": {"teacher_checkpoint": f"pipeline/models/baseline/{LAST_CHECKPOINT}", "logit_weight": 1.0,
                               "temperature": 16.0},
                        "train": {"output_dir": "pipeline/models/kd_r18"}},
         },
@@ -250,7 +264,8 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
         metrics = json.loads((repo / "pipeline/eval" / m / "metrics.json").read_text())
         for key in ("mAP", "rank1", "rank5", "rank10", "mINP"):
             assert 0.0 <= metrics[key] <= 1.0, (m, key, metrics[key])
-        assert (repo / "pipeline/models" / m / "best.pt").is_file()
+        assert (repo / "pipeline/models" / m / LAST_CHECKPOINT).is_file()
+        assert not (repo / "pipeline/models" / m / BEST_CHECKPOINT).exists()  # no validation split: no selection
     table = (repo / "pipeline/compare/comparison.md").read_text()
     for m in models:
         assert re.search(rf"^\| {m} \|", table, re.MULTILINE), table
@@ -274,8 +289,8 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
     assert sorted(by_variant) == sorted(models), {k: len(v) for k, v in by_variant.items()}
     for m, rs in by_variant.items():
         assert len(rs) == 1, f"{m}: {len(rs)} runs"
-        assert "mAP" in rs[0].data.metrics, (m, sorted(rs[0].data.metrics))
-        # The evaluate stage's numbers of best.pt land in the training run itself.
+        assert "curve/mAP" in rs[0].data.metrics, (m, sorted(rs[0].data.metrics))
+        # The evaluate stage's numbers of last.pt land in the training run itself.
         evaluated = json.loads((repo / "pipeline/eval" / m / "metrics.json").read_text())
         assert rs[0].data.metrics["eval/mAP"] == pytest.approx(evaluated["mAP"]), m
         # ...and its numbers on the other domain, under their own names (eval/mAP above is untouched).

@@ -13,7 +13,7 @@ def config(seed: int = 0, backbone: str = "resnet34", out: str = "pipeline/model
                      "train": {"seed": seed, "output_dir": out}, "kd": kd, "tracking": {"enabled": False}}, "test")
 
 
-TEACHER = "pipeline/models/baseline/best.pt"
+TEACHER = "pipeline/models/baseline/last.pt"
 
 
 def runs_with_two_baseline_seeds() -> list[Run]:

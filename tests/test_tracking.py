@@ -156,23 +156,26 @@ def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path
     metrics = run.data.metrics
     loss_terms = [k for k in metrics if k.startswith("train/loss_")]
     assert loss_terms, sorted(metrics)  # each named loss term separately
-    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "mAP", "rank1", "mINP", "train_step/loss"):
+    # The query/gallery evaluations during training are a monitoring curve (curve/*), never a model selection.
+    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "curve/mAP", "curve/rank1", "curve/mINP",
+                "train_step/loss"):
         assert key in metrics, (key, sorted(metrics))
     epochs = tiny_config.train.epochs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, epochs + 1))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "mAP")] == list(range(1, epochs + 1))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "curve/mAP")] == list(range(1, epochs + 1))
+    assert not any(k.startswith("best") for k in metrics)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_step/loss")]
     assert steps == list(range(1, epochs * tiny_config.train.max_steps_per_epoch + 1))  # log_every_steps=1
-    assert metrics["mAP"] == pytest.approx(result.metrics["mAP"])
+    assert metrics["curve/mAP"] == pytest.approx(result.metrics["mAP"])  # its last point is the final result
 
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts, artifacts
-    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
-    local = Path(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path / "dl")))
+    assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
+    local = Path(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "dl")))
     from reid.engine.checkpoint import load_checkpoint
 
     state = load_checkpoint(local)  # a weights-only state dict file, not a pickled MLflow model
-    assert state["mlflow_run_id"] == run.info.run_id and "optimizers" not in state
+    assert state["mlflow_run_id"] == run.info.run_id and state["epoch"] == epochs  # the run's model: the last epoch
 
 
 def test_inactive_feature_keys_follow_the_features_the_run_uses() -> None:
@@ -182,7 +185,8 @@ def test_inactive_feature_keys_follow_the_features_the_run_uses() -> None:
     baseline = Config()
     flat = baseline.active_flat()
     assert flat["kd.feature_loss_coefficient"] == INACTIVE and flat["kd.temperature"] == INACTIVE
-    assert flat["loss.center_lr"] == INACTIVE and flat["kd.self_distill"] is False and flat["loss.id_weight"] == 1.0
+    assert flat["loss.center_lr"] == 0.5 and flat["kd.self_distill"] is False and flat["loss.id_weight"] == 1.0
+    assert validate({"loss": {"center_weight": 0.0}}).active_flat()["loss.center_lr"] == INACTIVE
     assert set(flat) == set(baseline.flat())
 
     sd = validate({"kd": {"self_distill": True, "feature_loss_coefficient": 0.05}}).active_flat()

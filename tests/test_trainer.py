@@ -89,18 +89,15 @@ def test_a_run_writes_checkpoints_metrics_config_and_progress(tiny_config, synth
     assert result.epochs == 2 and result.global_step == 6
     last = load_checkpoint(out / "last.pt")
     for key in ("config", "num_classes", "epoch", "global_step", "model", "objective", "optimizers", "schedulers",
-                "sampler", "rng", "mlflow_run_id", "best_metric", "metrics"):
+                "sampler", "rng", "mlflow_run_id", "metrics"):
         assert key in last, key
     assert last["epoch"] == 2 and last["num_classes"] == synthetic_manifest.num_classes
     assert last["schedulers"]["main"]["last_epoch"] == 2
-    best = load_checkpoint(out / "best.pt")
-    assert "optimizers" not in best and best["best_metric"] == result.best_metric
-    assert best["epoch"] == result.best_epoch
+    assert not (out / "best.pt").exists() and result.best_checkpoint is None  # no validation split configured
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["mAP"] == pytest.approx(result.metrics["mAP"]) and 0 <= metrics["mAP"] <= 1
-    assert metrics["best_mAP"] == pytest.approx(result.best_metric) and metrics["best_epoch"] == result.best_epoch
-    assert result.best_metric == max(h["mAP"] for h in result.history) and len(result.history) == 2
+    assert metrics["epoch"] == 2 and len(result.history) == 2
     # What the run cost, for recorded results: 6 steps of one batch each, two evaluations.
     assert metrics["train_images"] == 6 * tiny_config.data.batch_size and metrics["evaluations"] == 2
     assert metrics["train_time_s"] > 0 and metrics["eval_time_s"] > 0
@@ -158,3 +155,77 @@ def test_backbone_is_frozen_for_the_first_epochs(tiny_config, synthetic_manifest
     train(tiny_config, synthetic_manifest, resume=True, progress=False)
     resumed = load_checkpoint(Path(tiny_config.train.output_dir) / "last.pt")["model"]
     assert any(not torch.equal(initial[k], resumed[k]) for k in conv)
+
+
+# -- the reported model: the last epoch; a "best" only on held-out training identities -------------------
+def test_the_run_reports_its_last_epoch_and_selects_nothing_on_query_gallery(tiny_config, synthetic_manifest) -> None:
+    """The recipe reports the model of the last epoch. An epoch chosen by query/gallery mAP would be a model
+    selected on the test set: no best.pt, no best_* metric, the final metrics are the last evaluation's."""
+    from reid.engine.trainer import train
+
+    config = tiny_config.model_copy(deep=True)
+    config.train.max_steps_per_epoch = 1
+    result = train(config, synthetic_manifest, progress=False, log=lambda m: None)
+    out = Path(config.train.output_dir)
+    assert not (out / "best.pt").exists() and result.best_checkpoint is None and result.best_epoch is None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not any(k.startswith("best") or k.startswith("val_best") for k in metrics)
+    assert metrics["epoch"] == 2 and metrics["mAP"] == pytest.approx(result.history[-1]["mAP"])
+
+
+def test_a_validation_split_chooses_best_pt_on_held_out_training_identities(tiny_config, synthetic_manifest) -> None:
+    from reid.engine.checkpoint import load_checkpoint
+    from reid.engine.trainer import train
+
+    config = tiny_config.model_copy(deep=True)
+    config.train.max_steps_per_epoch = 1
+    config.train.epochs = 3
+    config.eval.val_ids = 4
+    lines: list[str] = []
+    result = train(config, synthetic_manifest, progress=False, log=lines.append)
+    out = Path(config.train.output_dir)
+    val = [h["val_mAP"] for h in result.history]
+    assert len(val) == 3 and result.best_metric == max(val)
+    assert result.best_epoch == 1 + val.index(max(val))  # chosen on the validation split alone
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == result.best_epoch and "optimizers" not in best
+    last = load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 3 and last["num_classes"] == synthetic_manifest.num_classes - 4  # never trained on them
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epoch"] == 3 and metrics["val_best_mAP"] == pytest.approx(max(val))
+    assert any("validation split: 4 training identities held out" in line for line in lines)
+
+
+def test_hold_out_identities_splits_training_ids_into_a_validation_query_and_gallery(synthetic_manifest) -> None:
+    from reid.data.validation import hold_out_identities
+    from reid.errors import ReidError
+
+    training, validation = hold_out_identities(synthetic_manifest, 4, seed=0)
+    held = {s.pid for s in validation.query} | {s.pid for s in validation.gallery}
+    train_pids = {s.pid for s in synthetic_manifest.train}
+    assert len(held) == 4 and held <= train_pids and not held & {s.pid for s in training.train}
+    assert training.num_classes == synthetic_manifest.num_classes - 4
+    assert training.query == synthetic_manifest.query and training.gallery == synthetic_manifest.gallery
+    assert len(validation.query) + len(validation.gallery) == sum(s.pid in held for s in synthetic_manifest.train)
+    for pid in held:  # one query per camera, and each query has a gallery image of its id in another camera
+        cams = [s.camid for s in validation.query if s.pid == pid]
+        assert len(cams) == len(set(cams)) >= 2
+        assert all(any(g.pid == pid and g.camid != c for g in validation.gallery) for c in cams)
+    again, _ = hold_out_identities(synthetic_manifest, 4, seed=0)
+    other, _ = hold_out_identities(synthetic_manifest, 4, seed=1)
+    assert again.train == training.train and other.train != training.train
+    with pytest.raises(ReidError, match="eval.val_ids=15"):
+        hold_out_identities(synthetic_manifest, 15, seed=0)
+
+
+def test_a_run_that_never_leaves_its_warmup_says_so_in_the_log(tiny_config, synthetic_manifest) -> None:
+    from reid.engine.trainer import train
+
+    config = tiny_config.model_copy(deep=True)
+    config.train.epochs = 1
+    config.train.max_steps_per_epoch = 1
+    config.optim.warmup_epochs = 3
+    lines: list[str] = []
+    train(config, synthetic_manifest, progress=False, log=lines.append)
+    (warning,) = [line for line in lines if line.startswith("warning:")]
+    assert "train.epochs=1 <= optim.warmup_epochs=3" in warning and "1 of the 1 epoch(s)" in warning

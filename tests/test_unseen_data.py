@@ -211,7 +211,7 @@ def test_a_path_with_a_space_is_quoted_in_hints_and_kept_out_of_registry_names(
     out = Path(tiny_config.train.output_dir)
 
     def fake_train(config, manifest, resume=False, **kwargs):
-        return trainer_module.TrainResult(out, out / "last.pt", out / "best.pt", out / "metrics.json", out / "config.yaml",
+        return trainer_module.TrainResult(out, out / "last.pt", None, out / "metrics.json", out / "config.yaml",
                                           {"mAP": 0.5}, None, None, 1, 3, "run123")
 
     monkeypatch.setattr(trainer_module, "train", fake_train)

@@ -293,7 +293,7 @@ def test_zero_epochs_evaluates_the_initial_model(tiny_config, synthetic_manifest
     assert result.epochs == 0 and result.global_step == 0 and 0 <= result.metrics["mAP"] <= 1
     metrics = json.loads(result.metrics_path.read_text())
     assert metrics["epoch"] == 0 and metrics["mAP"] == result.metrics["mAP"]
-    assert load_checkpoint(result.best_checkpoint)["epoch"] == 0  # the untrained model, for `reid evaluate`
+    assert load_checkpoint(result.last_checkpoint)["epoch"] == 0  # the untrained model, for `reid evaluate`
 
 
 # -- 12: identities with fewer than K images -----------------------------------------------------------

@@ -42,7 +42,7 @@ MODEL_DATA_KEYS = ("height", "width", "mean", "std")
 
 
 def model_name(checkpoint: Path, variant: str | None) -> str:
-    """``pipeline/models/<name>/best.pt`` -> ``<name>``; a variant name wins when given."""
+    """``pipeline/models/<name>/last.pt`` -> ``<name>``; a variant name wins when given."""
     if variant:
         return variant
     parent = checkpoint.resolve().parent.name
@@ -164,7 +164,7 @@ def log_evaluation_run(
 
 
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `reid train` (e.g. pipeline/models/baseline/best.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `reid train` (e.g. pipeline/models/baseline/last.pt).")],
     params: Annotated[
         Path, typer.Option("--params", "-p", help="params.yaml for the data, eval and tracking sections (the model comes from the checkpoint).")
     ] = Path("params.yaml"),

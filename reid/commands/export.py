@@ -17,7 +17,7 @@ from reid.commands._common import clean_errors
 
 
 def command(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `reid train` (e.g. pipeline/models/baseline/best.pt).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint written by `reid train` (e.g. pipeline/models/baseline/last.pt).")],
     output: Annotated[Path, typer.Option("--output", help="File to write (e.g. model.onnx, model.ts).")],
     format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
     images: Annotated[

@@ -17,7 +17,7 @@ from reid.commands._common import clean_errors
 
 def command(
     sources: Annotated[Optional[list[Path]], typer.Argument(help="Image files, folders (searched recursively) or .txt lists of paths.")] = None,
-    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (best.pt), .onnx or .ts export.")] = Path("pipeline/models/baseline/best.pt"),
+    model: Annotated[Path, typer.Option("--model", "-m", help="Checkpoint (last.pt), .onnx or .ts export.")] = Path("pipeline/models/baseline/last.pt"),
     output: Annotated[Path, typer.Option("--output", help="The .npz feature file to write.")] = Path("features.npz"),
     glob: Annotated[str, typer.Option("--glob", help="Pattern inside folders (recursive with **).")] = "**/*",
     split: Annotated[Optional[str], typer.Option("--split", help="Embed a manifest split instead: query, gallery or train.")] = None,

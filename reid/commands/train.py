@@ -92,8 +92,9 @@ def command(
         typer.Option("--run-name", help="MLflow run name (default: tracking.run_name, else the variant, else the output folder)."),
     ] = None,
 ) -> None:
-    """Train a ReID model: checkpoints (best.pt, last.pt), metrics.json and an MLflow run."""
+    """Train a ReID model: last.pt (the model of the last epoch; best.pt only with eval.val_ids), metrics.json and an MLflow run."""
     from reid.commands._common import project_base
+    from reid.engine.checkpoint import LAST_CHECKPOINT
     from reid.tracking.mlflow_tracker import Terminated
 
     with clean_errors():
@@ -112,7 +113,7 @@ def command(
                            resume_command=command_line("train", params, variant, overrides, run_name, "--resume"))
         except KeyboardInterrupt as exc:
             code = 143 if isinstance(exc, Terminated) else 130
-            last = Path(config.train.output_dir) / "last.pt"
+            last = Path(config.train.output_dir) / LAST_CHECKPOINT
             typer.secho(interrupted_message(str(exc) or "Ctrl-C", last, params, variant, resume, started,
                                             overrides, run_name),
                         fg=typer.colors.YELLOW, err=True)
@@ -123,9 +124,10 @@ def command(
     shown = "  ".join(f"{k} {100 * metrics[k]:.1f}" for k in ("mAP", "rank1", "rank5", "mINP")
                       if isinstance(metrics.get(k), float))
     typer.echo(f"finished {result.epochs} epoch(s), {result.global_step} steps: {shown} (percent)")
-    if result.best_metric is not None:
-        typer.echo(f"best mAP {100 * result.best_metric:.1f} at epoch {result.best_epoch}: {result.best_checkpoint}")
-    typer.echo(f"last checkpoint: {result.last_checkpoint}")
+    typer.echo(f"model (last epoch): {result.last_checkpoint}")
+    if result.best_checkpoint is not None:
+        typer.echo(f"best validation mAP {100 * result.best_metric:.1f} at epoch {result.best_epoch} "
+                   f"(eval.val_ids held-out identities): {result.best_checkpoint}")
     typer.echo(f"metrics: {result.metrics_path}   config: {result.config_path}")
     if result.mlflow_run_id:
         typer.echo(f"MLflow run: {result.mlflow_run_id} (experiment {config.tracking.experiment!r}); "

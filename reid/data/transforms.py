@@ -29,10 +29,11 @@ Semantics (what the reference PIL/torchvision chain does, vectorised):
   All attempts are drawn at once and the first fitting one is selected, which is the same
   distribution as the sequential loop.
 
-  Fill value: the strong baseline writes the constants ``(0.4914, 0.4822, 0.4465)`` (CIFAR channel
-  means) into the *normalised* tensor. That is not the mean colour (which would be 0 after
-  normalisation) but it is what the published +4.1 mAP of random erasing was measured with, so we
-  keep it (:data:`ERASE_FILL`) on every path.
+  Fill value: reid-strong-baseline's ``build_transforms`` erases with
+  ``RandomErasing(mean=INPUT.PIXEL_MEAN)``, i.e. it writes the normalisation mean ``data.mean``
+  ((0.485, 0.456, 0.406)) into the *normalised* tensor, the setting its published results were
+  measured with. (The ``RandomErasing`` class's own default, the CIFAR means (0.4914, 0.4822, 0.4465),
+  is not what its Market runs used.) We fill with ``data.mean`` on every path.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ ImageBatch = Union[torch.Tensor, Sequence[torch.Tensor]]
 ERASE_AREA: tuple[float, float] = (0.02, 0.4)
 ERASE_MIN_ASPECT: float = 0.3
 ERASE_ATTEMPTS: int = 100
-ERASE_FILL: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 
 
 # -- deterministic building blocks ------------------------------------------------------------------
@@ -196,7 +196,7 @@ def flip_pad_crop(images: torch.Tensor, flip: torch.Tensor, crop_y: torch.Tensor
     return out * valid.unsqueeze(1).to(out.dtype)
 
 
-def erase(images: torch.Tensor, params: AugmentParams, fill: Sequence[float] = ERASE_FILL) -> torch.Tensor:
+def erase(images: torch.Tensor, params: AugmentParams, fill: Sequence[float]) -> torch.Tensor:
     """Write ``fill`` into each image's rectangle (float batch; images with ``erase == 0`` are untouched)."""
     b, _, height, width = images.shape
     dev = images.device
@@ -242,7 +242,7 @@ class TrainAugment:
         out = flip_pad_crop(batch, params.flip, params.crop_y, params.crop_x, self.padding)
         out = normalize(out, self.mean, self.std)
         if self.erasing_prob > 0:
-            out = erase(out, params)
+            out = erase(out, params, self.mean)  # the reference's PIXEL_MEAN fill (module docstring)
         return out
 
     def __call__(self, images: ImageBatch, generator: torch.Generator) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Every embedder applies the evaluation's preprocessing (:class:`reid.data.transforms.TestTransform`:
 antialiased bilinear resize of the uint8 image to the model's size, ``/ 255``, mean/std) to whatever it
 is given, then runs the model; with ``flip`` it adds the embedding of the mirrored image, as
-:func:`reid.evaluation.features.extract_features` does. So ``load_model(best.pt).embed(query paths,
+:func:`reid.evaluation.features.extract_features` does. So ``load_model(last.pt).embed(query paths,
 normalize=False)`` is the evaluation's query feature matrix.
 
 Accepted images: paths (decoded by :func:`reid.data.images.decode_image`, the one decoder of the
@@ -232,7 +232,7 @@ def load_model(path: Path | str, device: str | torch.device = "auto", flip: bool
     Example::
 
         from reid import load_model
-        model = load_model("pipeline/models/baseline/best.pt")
+        model = load_model("pipeline/models/baseline/last.pt")
         feats = model.embed(["a.jpg", "b.jpg"])        # float32 [2, D], L2-normalised
         print(float(feats[0] @ feats[1]))              # cosine similarity
     """

@@ -24,6 +24,15 @@ from reid.errors import CheckpointError
 
 FORMAT = "reid-checkpoint-v1"
 
+#: The file names ``reid train`` writes in ``train.output_dir``; everything else refers to these
+#: (dvc.yaml and the params files spell them out, and tests/test_pipeline.py checks they agree).
+#: ``last.pt`` is the model of the last completed epoch, the one the recipe reports, evaluates,
+#: exports and distils from; it also holds what ``--resume`` needs.
+LAST_CHECKPOINT = "last.pt"
+#: Only with a validation split held out of the training identities (``eval.val_ids``): the epoch with
+#: the best validation mAP. Never selected on query / gallery (the test split).
+BEST_CHECKPOINT = "best.pt"
+
 
 def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
     """Atomically write ``payload`` to ``path`` (temp file in the same folder, fsync, rename)."""

@@ -16,14 +16,17 @@ What makes N processes train *the same model* as one process on the global batch
   (:func:`all_gather_with_grad`) and evaluates the loss on the global batch. Every rank then
   computes the same global loss; the gather's backward sums the N ranks' gradients into each rank's
   slice and DDP's averaging divides by N again, which is exactly the single-process gradient;
-* BatchNorm statistics are per-rank unless ``train.sync_bn``: with it, :func:`convert_sync_batchnorm`
-  uses ``torch.nn.SyncBatchNorm`` on GPUs and :class:`CPUSyncBatchNorm` (below) on the CPU, where
-  PyTorch's version refuses to run. Without it, each rank normalises with its own ``B / N`` samples,
-  the usual, slightly different, DDP behaviour.
+* BatchNorm statistics are those of the global batch (``train.sync_bn``, on by default):
+  :func:`convert_sync_batchnorm` uses ``torch.nn.SyncBatchNorm`` on GPUs and :class:`CPUSyncBatchNorm`
+  (below) on the CPU, where PyTorch's version refuses to run. With ``train.sync_bn=false`` (the opt-out)
+  each rank normalises with its own ``B / N`` samples (8 images of 2 identities at N = 8), the usual,
+  different, DDP behaviour.
 
 Evaluation is shared: each rank extracts the features of its contiguous shard of the query and
 gallery images (:func:`shard_bounds`), :func:`gather_shards` reassembles them in order on every rank,
-and the metrics are computed from the full matrices. Only rank 0 writes checkpoints and logs to MLflow.
+and the metrics are computed from the full matrices; before it every rank takes rank 0's buffers
+(:func:`broadcast_buffers`), so the shards are embedded by one model. Only rank 0 writes checkpoints
+and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -136,6 +139,20 @@ def wrap_ddp(module: nn.Module, ctx: DistContext, device: torch.device, sync_bn:
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
         return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=not sync_bn)
     return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=not sync_bn)
+
+
+def broadcast_buffers(module: nn.Module, ctx: DistContext, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm running statistics), in place.
+
+    Why: DDP broadcasts buffers *before* each forward, and each rank's last training forward then
+    updates its own copy, so after an epoch without ``train.sync_bn`` the ranks hold different running
+    statistics. The sharded evaluation would embed query and gallery shards with slightly different
+    models; one broadcast before evaluating makes it one model (rank 0's, the one checkpointed).
+    """
+    if not ctx.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

@@ -1,16 +1,22 @@
 """Optimisers and the learning-rate schedule of the strong baseline.
 
-Schedule granularity: **per epoch**, as in the published recipe (warmup over 10 epochs, x0.1 at
-epochs 40 and 70). The scheduler is stepped once after every epoch, so during epoch ``e``
-(0-based, = number of completed epochs) the learning rate is ``lr * lr_factor(optim, epochs, e)``:
+Schedule granularity: **per epoch**, exactly as reid-strong-baseline's ``WarmupMultiStepLR``, which
+its trainer steps at the *start* of every epoch. Epoch ``e`` (1-based) therefore trains at
+``lr * lr_factor`` with, for the recipe (warmup 10 epochs from 0.01, milestones [40, 70]):
 
-* warmup (``e < warmup_epochs``): linear from ``warmup_factor`` to 1, i.e. epoch 0 trains at
-  ``warmup_factor * lr`` and epoch ``warmup_epochs`` is the first at the full ``lr``;
-* ``multistep``: times ``gamma`` for every milestone ``m <= e`` (milestones count completed epochs,
-  so ``[40, 70]`` means the 41st and 71st epochs run at 0.1x and 0.01x); the warmup factor
-  multiplies it, as in the reference ``WarmupMultiStepLR``;
-* ``cosine``: after the warmup, from ``lr`` down to ``min_lr`` over the remaining epochs
-  (the last epoch runs just above ``min_lr``).
+* warmup (``e < warmup_epochs``): ``warmup_factor * (1 - e / W) + e / W``, linear, so the first epoch
+  already trains at ``(0.01 + 0.99 / 10) * lr`` (3.815e-5) and epoch ``W`` (the 10th) is the first at
+  the full ``lr``;
+* ``multistep``: times ``gamma ** bisect_right(milestones, e)``: milestones are 1-based epoch numbers
+  and the milestone epoch itself is already decayed (the 40th epoch trains at 0.1x, the 70th at
+  0.01x); the warmup factor multiplies it, as in the reference;
+* ``cosine``: from the first full-lr epoch (``max(W, 1)``) the factor follows half a cosine from 1
+  down towards ``min_lr / lr`` (the last epoch runs just above ``min_lr``).
+
+Our scheduler is stepped once *after* every epoch (a checkpoint at the end of an epoch then holds the
+schedule of the next one), so :func:`lr_factor` takes the 0-based epoch index ``i`` and returns the
+reference's factor of epoch ``e = i + 1``: the same learning rate for every epoch as the reference.
+:func:`schedule_warnings` names configurations that never reach the full learning rate.
 
 It is a ``LambdaLR`` over a pure function of the epoch, so its ``state_dict`` (``last_epoch``,
 ``base_lrs``) is all that a resume needs, and changing ``train.epochs`` on resume simply stretches
@@ -114,25 +120,52 @@ def exclude(params: Iterable[nn.Parameter], others: Iterable[nn.Parameter]) -> l
 
 
 def lr_factor(optim: OptimConfig, epochs: int, epoch: int) -> float:
-    """The multiplier of ``optim.lr`` during 0-based ``epoch`` of a run of ``epochs`` epochs."""
+    """The multiplier of ``optim.lr`` during 0-based ``epoch`` (the reference's 1-based epoch ``epoch + 1``)."""
+    e = epoch + 1
     warmup = 1.0
-    if epoch < optim.warmup_epochs:
-        alpha = epoch / optim.warmup_epochs
+    if e < optim.warmup_epochs:
+        alpha = e / optim.warmup_epochs
         warmup = optim.warmup_factor * (1.0 - alpha) + alpha
     if optim.scheduler == "multistep":
-        return warmup * optim.gamma ** bisect.bisect_right(optim.milestones, epoch)
+        return warmup * optim.gamma ** bisect.bisect_right(optim.milestones, e)
     if optim.scheduler == "cosine":
-        if epoch < optim.warmup_epochs:
+        if e < optim.warmup_epochs:
             return warmup
-        span = max(epochs - optim.warmup_epochs, 1)
-        progress = min((epoch - optim.warmup_epochs) / span, 1.0)
+        first_full = max(optim.warmup_epochs, 1)
+        progress = min((e - first_full) / max(epochs - first_full + 1, 1), 1.0)
         floor = optim.min_lr / optim.lr
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ReidError(f"unknown optim.scheduler {optim.scheduler!r}; use multistep or cosine")  # pragma: no cover
 
 
+def schedule_warnings(optim: OptimConfig, epochs: int) -> list[str]:
+    """Why a run of ``epochs`` epochs would never train at the full ``optim.lr`` (empty when it does).
+
+    Warmup is counted in epochs: a short run (a smoke test, a first try on new data) with
+    ``train.epochs <= optim.warmup_epochs`` spends all or all but its last epoch at a fraction of the
+    learning rate, and learns almost nothing while looking like a normal run.
+    """
+    if epochs <= 0:
+        return []
+    factors = [lr_factor(optim, epochs, i) for i in range(epochs)]
+    out = []
+    full = sum(1 for f in factors if f >= 1.0)
+    if optim.warmup_epochs > 0 and epochs <= optim.warmup_epochs and full < epochs:
+        out.append(
+            f"train.epochs={epochs} <= optim.warmup_epochs={optim.warmup_epochs}: the warmup is counted in epochs, "
+            f"so {epochs - full} of the {epochs} epoch(s) train at a fraction of optim.lr={optim.lr:g} "
+            f"(from {factors[0] * optim.lr:.3g}); raise train.epochs above {optim.warmup_epochs} or lower "
+            f"optim.warmup_epochs (e.g. -o optim.warmup_epochs={max(epochs // 4, 0)})")
+    elif max(factors) < 1.0:
+        out.append(
+            f"this run never trains at the full optim.lr={optim.lr:g} (highest {max(factors) * optim.lr:.3g}: "
+            f"optim.milestones {optim.milestones} decay it before the warmup of {optim.warmup_epochs} epoch(s) ends); "
+            "check optim.warmup_epochs and optim.milestones against train.epochs")
+    return out
+
+
 def build_scheduler(optimizer: Optimizer, optim: OptimConfig, epochs: int) -> LambdaLR:
-    """The per-epoch schedule as a ``LambdaLR``; call ``step()`` once after each epoch."""
+    """The per-epoch schedule as a ``LambdaLR``; call ``step()`` once after each epoch (see the module docstring)."""
     return LambdaLR(optimizer, lambda epoch: lr_factor(optim, epochs, epoch))
 
 

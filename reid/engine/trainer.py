@@ -4,9 +4,15 @@
 and after the last, and leaves in ``train.output_dir``:
 
 * ``last.pt``: the full state after the last completed epoch (model, objective heads, optimisers,
-  schedule, sampler, RNG, MLflow run id, best metric), rewritten atomically every epoch;
-* ``best.pt``: the deployable model of the best evaluation by mAP (no optimiser state);
-* ``metrics.json``: the final evaluation plus ``best_mAP``/``best_epoch`` and the run's cost
+  schedule, sampler, RNG, MLflow run id), rewritten atomically every epoch. Its model is *the* model
+  of the run, as in the published recipe (which reports the last epoch): the pipeline evaluates,
+  exports and distils from it;
+* ``best.pt``, only with a validation split (``eval.val_ids > 0``, :mod:`reid.data.validation`): the
+  deployable model of the epoch with the best mAP on the held-out training identities. The evaluations
+  on query / gallery during training are a monitoring curve (MLflow ``curve/*``); choosing an epoch
+  on them would be choosing on the test set, so nothing here does;
+* ``metrics.json``: the final evaluation (the last epoch's) plus, with a validation split,
+  ``val_best_mAP``/``best_epoch``, and the run's cost
   (``train_time_s``, ``train_images``, ``train_img_per_s``, ``eval_time_s``, ``evaluations``: summed
   over every epoch, across resumes, so a recorded result says what it took); ``config.yaml``: the
   resolved configuration;
@@ -17,7 +23,11 @@ and after the last, and leaves in ``train.output_dir``:
 
 ``train.epochs=0`` trains nothing: the model is built and initialised exactly as for training (same
 seed, same pretrained weights), evaluated as "epoch 0" and tracked like any run, which gives the
-untrained reference point to compare trained models with; ``best.pt`` then holds that model.
+untrained reference point to compare trained models with; ``last.pt`` then holds that model.
+
+Before any work (no MLflow run, no file written) a new run checks that its starting weights are
+there (:func:`reid.models.pretrained.require_pretrained`): an offline machine without the ImageNet
+file in torch hub's cache fails in seconds with the fixes, not after the dataset was read.
 
 Speed: the step never waits for the GPU. Loss sums, the accuracy count and the non-finite watch are
 accumulated *on the device*; the host reads them once per ``train.log_every_steps`` steps (and at
@@ -74,7 +84,7 @@ from torch import nn
 from reid.atomic import write_text_atomic
 from reid.config import Config, dump_config
 from reid.engine import distributed as dist_utils
-from reid.engine.checkpoint import load_checkpoint, read_entry, save_checkpoint
+from reid.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, read_entry, save_checkpoint
 from reid.engine.device import (
     AmpPolicy,
     amp_policy,
@@ -91,6 +101,7 @@ from reid.engine.optim import (
     build_scheduler,
     exclude,
     rescale_center_gradients,
+    schedule_warnings,
     sync_lr,
 )
 from reid.engine.progress import EpochProgress
@@ -105,11 +116,15 @@ from reid.errors import CheckpointError, NonFiniteLossError, ReidError
 from reid.tracking.mlflow_tracker import Tracker, run_tags, sigterm_as_interrupt
 from reid.tracking.record import RECORD_FILE
 
-LAST = "last.pt"
-BEST = "best.pt"
+LAST = LAST_CHECKPOINT
+BEST = BEST_CHECKPOINT
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 SELECTION_METRIC = "mAP"
+#: MLflow prefix of the query/gallery evaluations during training: a curve to watch, never a selection.
+CURVE_PREFIX = "curve/"
+#: MLflow prefix of the validation-split evaluations (``eval.val_ids``), the only ones best.pt is chosen on.
+VAL_PREFIX = "val/"
 
 
 @dataclass(frozen=True)
@@ -117,13 +132,13 @@ class TrainResult:
     """What a finished training produced."""
 
     output_dir: Path
-    last_checkpoint: Path
-    best_checkpoint: Path
+    last_checkpoint: Path              # the run's model (the last epoch)
+    best_checkpoint: Path | None       # only with a validation split (eval.val_ids)
     metrics_path: Path
     config_path: Path
     metrics: dict[str, Any]            # the final evaluation (after the last epoch)
-    best_metric: float | None          # best mAP seen
-    best_epoch: int | None             # 1-based epoch of best.pt
+    best_metric: float | None          # best validation mAP (None without eval.val_ids)
+    best_epoch: int | None             # 1-based epoch of best.pt (None without eval.val_ids)
     epochs: int                        # completed epochs
     global_step: int
     mlflow_run_id: str | None
@@ -247,6 +262,7 @@ class _Trainer:
         self.best_path = self.out / BEST
         self.metrics_path = self.out / METRICS
         self.config_path = self.out / CONFIG
+        self.val_manifest: Any = None  # the eval.val_ids split, set in _run
 
     def say(self, message: str) -> None:
         if self.ctx.is_main:
@@ -267,6 +283,11 @@ class _Trainer:
         cfg, ctx = self.config, self.ctx
         dist_utils.check_batch_split(cfg.data.ids_per_batch, ctx)
         state = self._resume_state()
+        if state is None:
+            from reid.models.pretrained import require_pretrained
+
+            # Offline without the weights: fail now, before an MLflow run or any file exists.
+            require_pretrained(cfg.model)
         tracker = Tracker(cfg.tracking, rank=ctx.rank, base=self.tracking_base)
         tracker.check()  # an unusable tracking store fails here, before any data is read
         if state is None and self.last_path.is_file() and ctx.is_main:
@@ -289,6 +310,15 @@ class _Trainer:
             # Data without camera ids (manifest.has_cameras false) is scored without the same-camera rule.
             check_evaluable(manifest, cfg.eval.cross_camera and getattr(manifest, "has_cameras", True))
             self._check_test_images(manifest)
+        self.val_manifest = None
+        if cfg.eval.val_ids > 0:
+            from reid.data.validation import hold_out_identities
+
+            manifest, self.val_manifest = hold_out_identities(manifest, cfg.eval.val_ids, cfg.train.seed)
+            self.manifest = manifest
+            self.say(f"validation split: {cfg.eval.val_ids} training identities held out "
+                     f"({len(self.val_manifest.query)} query / {len(self.val_manifest.gallery)} gallery images); "
+                     f"{BEST} is chosen on them")
         self.training_data = TrainingData.of(manifest, cfg.data.manifest)
         if state is not None:
             check_same_data(state, self.training_data, self.last_path)
@@ -317,8 +347,9 @@ class _Trainer:
             tracker.log_artifact(self.config_path)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
-            if self.best_path.is_file():
-                tracker.log_artifact(self.best_path, "checkpoints")
+            for path in (self.last_path, self.best_path):
+                if path.is_file():
+                    tracker.log_artifact(path, "checkpoints")
             if tracker.failures and not tracker.offline:
                 self.say(f"warning: {tracker.failures} MLflow logging call(s) failed; see the warnings above")
         if tracker.offline:
@@ -463,6 +494,8 @@ class _Trainer:
                 f"device {self.device}{f' x{self.ctx.world_size}' if self.ctx.distributed else ''}, amp {self.amp.name}, "
                 f"batch {cfg.data.batch_size}, epochs {self.start_epoch + 1}..{epochs} | output {self.out}"
             )
+            for warning in schedule_warnings(cfg.optim, epochs):
+                self.say(f"warning: {warning}")
         for epoch in range(self.start_epoch, epochs):
             self._train_epoch(epoch)
             completed = epoch + 1
@@ -477,6 +510,8 @@ class _Trainer:
             dist_utils.barrier(self.ctx)
         if not self.last_metrics:  # train.epochs=0, or a resume of a finished run without metrics (every rank)
             self._evaluate(max(self.start_epoch, epochs))
+            if self._saved_epoch is None:  # train.epochs=0: last.pt holds the initial model
+                self._save_last(self.start_epoch)
         return self._finish(resumed_from)
 
     def _save_after_failed_evaluation(self, completed: int, exc: BaseException) -> None:
@@ -617,37 +652,53 @@ class _Trainer:
     def _evaluate(self, completed: int) -> None:
         """Evaluate on every rank (features are extracted in shards and gathered), track on rank 0.
 
-        Every rank keeps the same metrics and best-so-far bookkeeping, so the ranks take the same
-        decisions afterwards (e.g. the final evaluation of a resumed run) and never wait for each
-        other at different collectives.
+        The query / gallery evaluation is the run's result after the last epoch and a monitoring curve
+        before it (``curve/*``); only the validation split (``eval.val_ids``) chooses ``best.pt``.
+        Every rank keeps the same metrics and bookkeeping, so the ranks take the same decisions
+        afterwards and never wait for each other at different collectives. Under torchrun every rank
+        first takes rank 0's buffers (BatchNorm running statistics), so all shards are embedded by one
+        model whatever ``train.sync_bn`` is.
         """
         from reid.evaluation.runner import evaluate_model, metrics_for_logging
 
         started = time.perf_counter()
+        dist_utils.broadcast_buffers(self.model, self.ctx)
         result = evaluate_model(self.model, self.manifest, self.config, self.device)
+        val = (evaluate_model(self.model, self.val_manifest, self.config, self.device)
+               if self.val_manifest is not None else None)
         self.timing["eval_time_s"] += time.perf_counter() - started
         self.timing["evaluations"] += 1
         metrics = result.to_dict()
         metrics["epoch"] = completed
         self.last_metrics = metrics
-        self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})
-        value = float(metrics[SELECTION_METRIC])
-        previous_best, previous_epoch = self.best_metric, self.best_epoch
-        improved = previous_best is None or value > previous_best
-        if improved:
-            self.best_metric, self.best_epoch = value, completed
+        entry = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        improved = False
+        if val is not None:
+            value = float(val.to_dict()[SELECTION_METRIC])
+            entry[f"val_{SELECTION_METRIC}"] = value
+            improved = self.best_metric is None or value > self.best_metric
+            if improved:
+                self.best_metric, self.best_epoch = value, completed
+        self.history.append(entry)
         if not self.ctx.is_main:
             return
-        logged = metrics_for_logging(result)
-        logged["eval_time_s"] = time.perf_counter() - started
+        logged = metrics_for_logging(result, prefix=CURVE_PREFIX)
+        logged[f"{CURVE_PREFIX}eval_time_s"] = time.perf_counter() - started
+        if val is not None:
+            logged.update(metrics_for_logging(val, prefix=VAL_PREFIX))
         self.tracker.log_metrics(logged, step=completed)
-        note = " (best)" if improved else f" (best mAP {100 * previous_best:.1f} at epoch {previous_epoch})"
-        self.say(f"epoch {completed}: {result.summary()}{note}")  # percent, as `reid evaluate` prints it
+        note = ""
+        if val is not None:  # percent, as `reid evaluate` prints it
+            note = (f"  | validation mAP {100 * entry[f'val_{SELECTION_METRIC}']:.1f}"
+                    + (f" (best, saved as {BEST})" if improved
+                       else f" (best {100 * self.best_metric:.1f} at epoch {self.best_epoch})"))
+        self.say(f"epoch {completed}: query/gallery {result.summary()}{note}")
         if result.skipped_report():
             self.say(result.skipped_report())
         if improved:
             save_checkpoint(self._payload(completed, full=False), self.best_path)
-            self.tracker.log_metrics({f"best/{SELECTION_METRIC}": value, "best/epoch": completed}, step=completed)
+            self.tracker.log_metrics({f"{VAL_PREFIX}best_{SELECTION_METRIC}": self.best_metric, f"{VAL_PREFIX}best_epoch": completed},
+                                     step=completed)
 
     def _payload(self, completed: int, full: bool) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -693,12 +744,14 @@ class _Trainer:
         metrics = dict(self.last_metrics)
         timing = dict(self.timing)
         timing["train_img_per_s"] = timing["train_images"] / timing["train_time_s"] if timing["train_time_s"] > 0 else None
-        summary = {**metrics, "best_mAP": self.best_metric, "best_epoch": self.best_epoch,
-                   "epochs": self.config.train.epochs, "global_step": self.global_step, **timing}
+        selection = ({f"val_best_{SELECTION_METRIC}": self.best_metric, "best_epoch": self.best_epoch}
+                     if self.val_manifest is not None else {})
+        summary = {**metrics, **selection, "epochs": self.config.train.epochs, "global_step": self.global_step, **timing}
         if self.ctx.is_main:
             _write_json(self.metrics_path, summary)
         return TrainResult(
-            output_dir=self.out, last_checkpoint=self.last_path, best_checkpoint=self.best_path,
+            output_dir=self.out, last_checkpoint=self.last_path,
+            best_checkpoint=self.best_path if self.val_manifest is not None and self.best_path.is_file() else None,
             metrics_path=self.metrics_path, config_path=self.config_path, metrics=metrics,
             best_metric=self.best_metric, best_epoch=self.best_epoch, epochs=max(self.start_epoch, self.config.train.epochs),
             global_step=self.global_step, mlflow_run_id=self.tracker.run_id, resumed_from_epoch=resumed_from,

@@ -72,9 +72,9 @@ def cross_domain_target(explicit: str | None, checkpoint_hash: str | None, manif
 def output_name(checkpoint: Path, variant: str | None, models_dir: Path) -> str:
     """The folder name of a checkpoint's evaluation under ``evaluate.output_dir``.
 
-    A variant name wins; a pipeline checkpoint ``<models_dir>/<name>/best.pt`` keeps ``<name>`` (what
+    A variant name wins; a pipeline checkpoint ``<models_dir>/<name>/last.pt`` keeps ``<name>`` (what
     dvc.yaml writes); any other checkpoint gets its folder name plus a short hash of its absolute path,
-    so that ``runs/a/baseline/best.pt`` and ``runs/b/baseline/best.pt`` never share a folder.
+    so that ``runs/a/baseline/last.pt`` and ``runs/b/baseline/last.pt`` never share a folder.
     """
     if variant:
         return variant

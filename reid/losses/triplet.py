@@ -7,11 +7,15 @@ and the *hardest negative* (the closest sample of another identity), then
 * soft margin: ``mean(softplus(d_ap - d_an))`` -- ``nn.SoftMarginLoss()(d_an - d_ap, 1)``, no margin
   to tune and a gradient that never switches off.
 
-Distances are Euclidean, computed as ``sqrt(clamp(|x|^2 + |y|^2 - 2 x.y, min=1e-12))``: the clamp
-removes the small negative values cancellation produces and keeps the square root's gradient finite
-at zero distance (an anchor's distance to itself, or two identical features). They are computed in
-float32 with autocast switched off, because the ``|x|^2 + |y|^2 - 2 x.y`` cancellation in fp16/bf16
-loses nearly all precision for the close pairs that matter most.
+Distances are Euclidean, computed from the differences ``sqrt(sum((x - y)^2))`` in float32 with
+autocast off (``torch.cdist`` without its matrix-product shortcut), never as ``|x|^2 + |y|^2 - 2 x.y``.
+That formula's ``x.y`` is a matmul, which runs in TF32 (10-bit mantissa) once training sets
+``torch.set_float32_matmul_precision("high")`` on Ampere and later GPUs (reid/engine/device.py), and
+with feature norms of 20-30 before the BN-neck its cancellation leaves errors of ~1e-2 in the squared
+distance: self-distances of ~0.1 instead of 0 and noisy hardest positives, exactly for the close pairs
+that matter most. The difference form is exact float32 whatever the matmul precision (identical
+features are at distance exactly 0), costs ``B x B x D`` element operations (64 x 64 x 2048: nothing
+next to the backbone), and ``cdist``'s backward gives a zero, finite gradient at zero distance.
 
 As in the reference implementations, an anchor's own (zero) distance counts among its positives, so an
 identity with a single image in the batch still contributes (it only pushes its negatives away).
@@ -28,13 +32,15 @@ from reid.errors import ReidError
 
 
 def pairwise_euclidean(x: Tensor, y: Tensor | None = None) -> Tensor:
-    """``[N, M]`` Euclidean distances between the rows of ``x`` and of ``y`` (default ``x``), in float32."""
+    """``[N, M]`` Euclidean distances between the rows of ``x`` and of ``y`` (default ``x``), exact float32.
+
+    No matrix product is involved, so TF32 (``set_float32_matmul_precision("high")``) cannot touch it.
+    """
     with torch.autocast(device_type=x.device.type, enabled=False):
         a = x.float()
         b = a if y is None else y.float()
-        squared = a.pow(2).sum(dim=1, keepdim=True) + b.pow(2).sum(dim=1).unsqueeze(0)
-        squared = torch.addmm(squared, a, b.t(), beta=1.0, alpha=-2.0)
-        return squared.clamp(min=1e-12).sqrt()
+        return torch.cdist(a.unsqueeze(0), b.unsqueeze(0), p=2.0,
+                           compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
 
 
 def batch_hard_mining(dist: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:

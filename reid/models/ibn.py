@@ -43,9 +43,16 @@ class IBN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         first, rest = torch.split(x, [self.half, self.channels - self.half], dim=1)
-        # The norms accept the strided channel slices as they are (and keep channels_last inputs
-        # channels_last); forcing .contiguous() here would copy into NCHW.
-        return torch.cat((self.IN(first), self.BN(rest)), dim=1)
+        # The norms accept the strided channel slices as they are. BatchNorm keeps a channels_last
+        # input channels_last, but instance_norm always returns a contiguous NCHW tensor, and `cat`
+        # of an NCHW and a channels_last tensor is NCHW: the block's output (and its gradient) would
+        # leave channels_last and every following conv would convert it back. So the instance-norm half
+        # is put into the input's memory format (a copy of half the channels) before the cat, which
+        # then keeps that format.
+        fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        return torch.cat((self.IN(first).contiguous(memory_format=fmt), self.BN(rest).contiguous(memory_format=fmt)),
+                         dim=1)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, instance_norm_channels={self.half}"

@@ -6,9 +6,11 @@
 * ``imagenet``: torchvision's ``IMAGENET1K_V1`` ResNet weights (the ones the published strong-baseline
   numbers start from; IBN-Net's release for the IBN-a backbones, see below), read from torch hub's
   cache, ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch/hub/checkpoints`` by default), and
-  downloaded there (``torch.hub.load_state_dict_from_url``, hash prefix checked) when missing. The
-  download has a socket timeout, so a machine without internet fails in seconds, before training, with
-  a :class:`CheckpointError` that names the file and the folder to put it in, instead of hanging.
+  downloaded there (``torch.hub.download_url_to_file``, hash prefix checked) when missing. The
+  download has a socket timeout, so a machine without internet fails in seconds, before training
+  (:func:`require_pretrained`), with a :class:`CheckpointError` that names the file, the folder to put
+  it in and both fixes (:func:`offline_message`), instead of hanging. ``reid weights fetch BACKBONE``
+  (:func:`fetch_imagenet`) fills the cache on a machine with internet.
 * ``file``: ``model.pretrained_path``, loaded with ``weights_only=True``. Accepted: a raw backbone
   state dict in torchvision layout (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ``fc.*``),
   the same inside ``{"state_dict": ...}`` or ``{"model": ...}``, with or without DataParallel's
@@ -284,28 +286,65 @@ def _check_hash_prefix(path: Path) -> None:
         )
 
 
-def imagenet_state_dict(backbone: str) -> tuple[dict[str, Any], Path]:
-    """The cached (or freshly downloaded, hash-checked) ImageNet state dict and its file."""
+def offline_message(backbone: str, path: Path, url: str, reason: str) -> str:
+    """What to do when ImageNet weights are neither cached nor downloadable: the file, the folder, both fixes."""
+    return (
+        f"model.pretrained=imagenet needs the ImageNet weights of {backbone}, {path.name}, which are not in torch "
+        f"hub's cache folder {path.parent} and could not be downloaded ({reason}). Either:\n"
+        f"  1. on a machine with internet run `reid weights fetch {backbone}` (it downloads {url} and prints the "
+        f"folder), then copy it here as {path} (or set TORCH_HOME to a folder whose "
+        "hub/checkpoints/ holds it), or\n"
+        "  2. train from scratch: `dvc exp run -S model.pretrained=none` (or `reid train -o model.pretrained=none`). "
+        "The published numbers start from ImageNet weights; from scratch they are far lower.\n"
+        "A copy kept elsewhere: model.pretrained=file with model.pretrained_path=<file>."
+    )
+
+
+def fetch_imagenet(backbone: str) -> Path:
+    """The ImageNet weights file of ``backbone`` in torch hub's cache, downloaded (hash-checked) if missing.
+
+    Only the file is fetched (nothing is loaded), so it serves both the start of training and
+    ``reid weights fetch`` on a login node whose GPU nodes have no internet.
+    """
     url = imagenet_url(backbone)
     path = imagenet_cache_path(backbone)
     if path.is_file():
-        if is_ibn(backbone):
+        if is_ibn(backbone):  # a hand-copied IBN-Net file (torchvision's cached files are trusted, as by torchvision)
             _check_hash_prefix(path)
-        return load_state(path), path
+        return path
+    match = torch.hub.HASH_REGEX.search(path.name)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
-            state = torch.hub.load_state_dict_from_url(
-                url, model_dir=str(path.parent), map_location="cpu", progress=False, check_hash=True,
-                weights_only=True,
+            torch.hub.download_url_to_file(url, str(path), match.group(1) if match else None, progress=False)
+    except Exception as exc:  # URLError, timeout, HTTP, disk or hash errors: all mean "not available"
+        raise CheckpointError(offline_message(backbone, path, url, f"{type(exc).__name__}: {exc}")) from None
+    return path
+
+
+def imagenet_state_dict(backbone: str) -> tuple[dict[str, Any], Path]:
+    """The cached (or freshly downloaded, hash-checked) ImageNet state dict and its file."""
+    path = fetch_imagenet(backbone)
+    return load_state(path), path
+
+
+def require_pretrained(config: ModelConfig, backbone: str | None = None) -> Path | None:
+    """Make sure the starting weights ``config`` asks for are on this machine; their file, or None.
+
+    Called by the trainer before anything else (no MLflow run, no output), so an offline node fails in
+    seconds with :func:`offline_message` instead of after reading the dataset. ``imagenet`` downloads the
+    file into torch hub's cache when it is missing and the network allows.
+    """
+    if config.pretrained == "imagenet":
+        return fetch_imagenet(backbone or config.backbone)
+    if config.pretrained == "file":
+        if config.pretrained_path is None or not Path(config.pretrained_path).is_file():
+            raise CheckpointError(
+                f"model.pretrained=file but model.pretrained_path={config.pretrained_path} is not a file; point it "
+                "at a .pth state dict, or use model.pretrained=imagenet / none"
             )
-    except Exception as exc:  # URLError, timeout, HTTP or hash errors: all mean "not available"
-        raise CheckpointError(
-            f"ImageNet weights for {backbone} ({path.name}) are not in the torch hub cache ({path.parent}) and "
-            f"could not be downloaded ({type(exc).__name__}: {exc}). Without internet: copy {url} to {path} "
-            "(or point TORCH_HOME at a cache that holds it), or use model.pretrained=file with "
-            "model.pretrained_path=<weights file>, or model.pretrained=none"
-        ) from None
-    return state, path
+        return Path(config.pretrained_path)
+    return None
 
 
 def load_pretrained(model: ReIDModel, config: ModelConfig) -> LoadReport | None:
