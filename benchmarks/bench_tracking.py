@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="tracker names, each with optional BoxMOT arguments: botsort:appearance_thresh=0.5")
     parser.add_argument("--resizes", nargs="+", default=["contract", "boxmot"], choices=["contract", "boxmot"])
     parser.add_argument("--num-pairs", type=int, default=2)
-    parser.add_argument("--num-frames", type=int, default=80)
+    parser.add_argument("--num-frames", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
