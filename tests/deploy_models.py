@@ -54,3 +54,14 @@ def train_steps(config, manifest, steps: int = 2):
         loss.backward()
         optimiser.step()
     return model
+
+
+def save_trained(model, config, manifest, name: str = "last.pt", run_id: str | None = None) -> Path:
+    """``model`` as a ``reid train`` checkpoint ``<train.output_dir>/<name>`` (epoch 1, two steps)."""
+    from reid.engine.checkpoint import save_checkpoint
+
+    return save_checkpoint({
+        "config": config.model_dump(mode="json"), "num_classes": manifest.num_classes,
+        "epoch": 1, "global_step": 2, "model": model.state_dict(), "mlflow_run_id": run_id,
+        "data_hash": manifest.content_hash,
+    }, Path(config.train.output_dir) / name)

@@ -26,7 +26,7 @@ from reid.deploy.embedder import load_model  # noqa: E402
 from reid.deploy.export import ParityError, export_checkpoint, export_module, parity_check  # noqa: E402
 from reid.errors import ReidError  # noqa: E402
 
-from deploy_models import deploy_config, train_steps  # noqa: E402  (tests/ is on sys.path under pytest)
+from deploy_models import deploy_config, save_trained, train_steps  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,6 @@ def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
     """``backbone -> (best.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    from reid.engine.checkpoint import save_checkpoint
     from reid.tracking import Tracker
 
     done: dict[str, tuple[Path, object]] = {}
@@ -59,11 +58,7 @@ def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
                 client.set_terminated(run.info.run_id)
                 run_id = run.info.run_id
             model = train_steps(config, synthetic_manifest)
-            path = save_checkpoint({
-                "config": config.model_dump(mode="json"), "num_classes": synthetic_manifest.num_classes,
-                "epoch": 1, "global_step": 2, "model": model.state_dict(), "mlflow_run_id": run_id,
-                "data_hash": synthetic_manifest.content_hash,
-            }, Path(config.train.output_dir) / "best.pt")
+            path = save_trained(model, config, synthetic_manifest, "best.pt", run_id)
             done[backbone] = (path, config)
         return done[backbone]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_models import deploy_config, train_steps
+from deploy_models import deploy_config, save_trained, train_steps
 from reid.errors import ReidError
 
 HAS_BOXMOT = importlib.util.find_spec("boxmot") is not None
@@ -46,7 +46,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, synthetic_manifest) -> Pat
 def exported(workdir: Path, synthetic_root: Path, synthetic_manifest):
     """``backbone -> (last.pt, model.onnx, parity report)``: trained briefly at 128 x 64, exported ``--for boxmot``."""
     from reid.deploy.export import export_checkpoint
-    from reid.engine.checkpoint import save_checkpoint
 
     done: dict[str, tuple] = {}
 
@@ -54,11 +53,7 @@ def exported(workdir: Path, synthetic_root: Path, synthetic_manifest):
         if backbone not in done:
             config = deploy_config(synthetic_root, workdir, backbone, tracked=False, height=128, width=64)
             model = train_steps(config, synthetic_manifest)
-            ckpt = save_checkpoint({
-                "config": config.model_dump(mode="json"), "num_classes": synthetic_manifest.num_classes,
-                "epoch": 1, "global_step": 2, "model": model.state_dict(), "mlflow_run_id": None,
-                "data_hash": synthetic_manifest.content_hash,
-            }, Path(config.train.output_dir) / "last.pt")
+            ckpt = save_trained(model, config, synthetic_manifest, "last.pt")
             kwargs = {"for_consumer": "boxmot"} if HAS_BOXMOT else {}
             path, _, report, _ = export_checkpoint(ckpt, "onnx", workdir / "export" / f"{backbone}.onnx", num_images=4,
                                                    **kwargs)
