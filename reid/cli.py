@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from reid.commands import compare, evaluate, export, extract, prepare, search, synth, train, ui
+from reid.commands import compare, evaluate, export, extract, log_run, prepare, search, synth, train, ui
 
 app = typer.Typer(
     name="reid",
@@ -26,6 +26,7 @@ app.command("ui")(ui.command)
 app.command("export")(export.command)
 app.command("extract")(extract.command)
 app.command("search")(search.command)
+app.command("log-run")(log_run.command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,9 @@ Where each setting comes from, and why:
 * everything else (``data`` loading, ``eval`` protocol, ``tracking``, ``train.device``) comes from
   ``--params`` (+ ``--variant``, ``-o key=value``), so every model of the pipeline is evaluated under
   one protocol (dvc.yaml's ``evaluate`` stage depends on ``data`` and ``eval``). Without a params file
-  the checkpoint's own configuration is used.
+  the checkpoint's own configuration is used. An ``eval`` key that neither the params file nor an
+  override sets is the checkpoint's (the protocol it was trained with), and a note says so when it
+  differs from the default (:func:`resolve_config`).
 
 Writes ``metrics.json`` (fractions in [0, 1], plus which dataset was evaluated: name, format, content
 hash, manifest), ``cmc.csv``/``cmc.png`` and ``ranked_lists.png`` to ``--output`` (default
@@ -23,6 +25,7 @@ directory).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -47,12 +50,18 @@ def model_name(checkpoint: Path, variant: str | None) -> str:
 
 
 def resolve_config(
-    checkpoint_config: "Config", params_config: "Config | None", overrides: list[str]
+    checkpoint_config: "Config", params_config: "Config | None", overrides: list[str],
+    explicit_eval: set[str] | None = None,
 ) -> tuple["Config", list[str]]:
     """The evaluation's configuration (see the module docstring) and notes on what was taken from where.
 
     ``params_config`` is params.yaml resolved with its variant and ``overrides`` (None without a
     params file, in which case ``overrides`` apply to the checkpoint's configuration).
+    ``explicit_eval``: the ``eval`` keys the user set (in the params file, its variant, a target's
+    options or ``-o``/``--flip``/``--rerank``); every other ``eval`` key is the checkpoint's, i.e. the
+    protocol the model was trained and evaluated with (a model trained with ``-o eval.cross_camera=false``
+    is not re-scored under the default ``true``). Each key taken from the checkpoint that differs
+    from the params gets a note. None: the params' ``eval`` section is taken whole.
     """
     from reid.config import apply_overrides, validate
 
@@ -66,7 +75,26 @@ def resolve_config(
         if tree["data"][key] != ckpt["data"][key]:
             notes.append(f"data.{key}: using the checkpoint's {ckpt['data'][key]}, not {tree['data'][key]} from the params")
         tree["data"][key] = ckpt["data"][key]
+    for key, value in ckpt["eval"].items():
+        if explicit_eval is None or key in explicit_eval or tree["eval"].get(key) == value:
+            continue
+        notes.append(f"eval.{key}: using the checkpoint's {json.dumps(value)} (the protocol it was trained with), not "
+                     f"the default {json.dumps(tree['eval'].get(key))}; set -o eval.{key}=... to override")
+        tree["eval"][key] = value
     return validate(tree, "params with the checkpoint's model"), notes
+
+
+def explicit_eval_keys(params: Path, variant: str | None, overrides: list[str]) -> set[str]:
+    """The ``eval`` keys set by the params file (with its variant) or by the ``eval.key=value`` overrides."""
+    from reid.config import parse_override, read_params, resolve_tree
+
+    section = resolve_tree(read_params(params), variant).get("eval") or {}
+    keys = set(section) if isinstance(section, dict) else set()
+    for text in overrides:
+        path, _ = parse_override(text)
+        if len(path) == 2 and path[0] == "eval":
+            keys.add(path[1])
+    return keys
 
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
@@ -198,7 +226,8 @@ def command(
 
         device = resolve_device(params_config.train.device if params_config is not None else "auto")
         model, ckpt_config = load_inference_model(checkpoint, device)
-        config, notes = resolve_config(ckpt_config, params_config, overrides)
+        explicit = explicit_eval_keys(params_path, variant, overrides) if params_path is not None else None
+        config, notes = resolve_config(ckpt_config, params_config, overrides, explicit)
         for note in notes:
             typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
 
@@ -222,7 +251,18 @@ def command(
             manifest_path = target_settings.manifest_for(config.data.manifest)
         else:
             manifest_path = config.data.manifest
-        split = load_manifest(manifest_path, params_path, variant)
+        from reid.errors import DatasetError
+
+        try:
+            split = load_manifest(manifest_path, params_path, variant)
+        except DatasetError:
+            if target_settings is None or manifest is not None or Path(manifest_path).is_file():
+                raise
+            from reid.commands._common import command_line
+
+            again = command_line("prepare", params_path, variant, None, None, "--target", target_settings.name)
+            raise DatasetError(f"the manifest of target {target_settings.name!r} ({manifest_path}) does not exist: run "
+                               f"`{again}` first (it reads {target_settings.key}.root and writes that manifest)") from None
         # Which data this is, and whether it is the data the checkpoint was trained on.
         trained_on = read_entry(checkpoint, "data_hash")
         data_hash = getattr(split, "content_hash", None)
@@ -249,8 +289,12 @@ def command(
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
         if config.tracking.enabled:
+            from reid.tracking.connection import bounded_http
+
             trained_by = mlflow_run_id or checkpoint_run_id(checkpoint)
-            run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result, list(paths.values()),
-                                                          base=base, names=names, dataset=dataset)
+            with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
+                run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result,
+                                                              list(paths.values()), base=base, names=names,
+                                                              dataset=dataset)
             where = "the run that trained it" if is_training_run else "a run of its own"
             typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

@@ -86,10 +86,12 @@ def command(
                        "for features equal to reid's")
         if tracking is not None:
             from reid.deploy.registry import log_export
+            from reid.tracking.connection import bounded_http
 
             model = name or model_name(checkpoint, None)
-            run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
-                                                     logged, path, result.to_dict(),
-                                                     base=project_base(params))
+            with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
+                run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
+                                                         logged, path, result.to_dict(),
+                                                         base=project_base(params))
             typer.echo(f"MLflow: {path.name} and its report logged to run {run_id}; registered as {registered} "
                        f"version {version}")

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 from reid.deploy.resize import CONTRACT_RESIZE
 from reid.errors import ReidError
+from reid.version import __version__
 
 FORMAT = "reid-export-v1"
 INPUT_NAME = "images"
@@ -79,8 +80,6 @@ def weights_hash(module: Any) -> str:
 def build_contract(config: Any, embedding_dim: int, *, data_hash: str | None, run_id: str | None,
                    checkpoint: Path | str | None, weights: str) -> dict[str, str]:
     """The metadata of a model trained with ``config`` (a :class:`reid.config.Config`)."""
-    from reid import __version__
-
     return {
         "format": FORMAT,
         "input_name": INPUT_NAME,

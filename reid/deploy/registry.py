@@ -13,6 +13,7 @@ tagged with the missing run id), as the evaluation does.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,11 @@ ARTIFACT_DIR = "export"
 
 
 def registered_name(experiment: str, name: str) -> str:
-    return f"{experiment}-{name}"
+    """``<experiment>-<name>`` with every run of characters other than letters, digits, ``.``, ``_`` and
+    ``-`` turned into one ``-``: a checkpoint folder such as ``my run`` must not put a space (or a
+    slash) into the Model Registry name, which users type into URLs, ``models:/`` URIs and shells."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{experiment}-{name}").strip("-")
+    return slug or "reid-model"
 
 
 def log_export(tracking: Any, name: str, trained_by: str | None, files: list[Path], model_file: Path,

@@ -20,12 +20,13 @@ texture and the features move (see docs/TRACKING.md for the measured cosines and
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Literal, Sequence
 
 from reid.errors import ReidError
+
+if TYPE_CHECKING:  # numpy and torch load lazily: the contract (imported cheaply) names CONTRACT_RESIZE
+    import numpy as np
+    import torch
 
 ResizeMethod = Literal["bilinear-antialias", "opencv-linear"]
 CONTRACT_RESIZE = "bilinear-antialias"
@@ -51,6 +52,9 @@ def import_cv2():
 
 def resize_hwc(crop: np.ndarray, size: tuple[int, int], method: str = CONTRACT_RESIZE) -> np.ndarray:
     """One uint8 ``[h, w, 3]`` crop (any channel order; the resize is per channel) -> uint8 ``[H, W, 3]``."""
+    import numpy as np
+    import torch
+
     check_method(method)
     crop = np.ascontiguousarray(crop)
     if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or min(crop.shape[:2]) < 1:
@@ -67,6 +71,8 @@ def resize_hwc(crop: np.ndarray, size: tuple[int, int], method: str = CONTRACT_R
 
 def resize_batch(images: Sequence[torch.Tensor], size: tuple[int, int], method: str = CONTRACT_RESIZE) -> torch.Tensor:
     """uint8 ``[3, h, w]`` images of any sizes -> one uint8 ``[B, 3, H, W]`` batch on their device."""
+    import torch
+
     check_method(method)
     if method == CONTRACT_RESIZE:
         from reid.data.transforms import to_batch
