@@ -26,22 +26,7 @@ from reid.deploy.embedder import load_model  # noqa: E402
 from reid.deploy.export import ParityError, export_checkpoint, export_module, parity_check  # noqa: E402
 from reid.errors import ReidError  # noqa: E402
 
-
-def _config(root: Path, out: Path, backbone: str, tracked: bool):
-    from reid.config import validate
-
-    return validate({
-        "data": {"root": str(root), "manifest": str(out / "manifest.json"), "height": 64, "width": 32,
-                 "padding": 4, "ids_per_batch": 4, "instances_per_id": 4, "test_batch_size": 64, "num_workers": 0,
-                 "input_pipeline": "cpu"},
-        "model": {"backbone": backbone, "pretrained": "none", "channels_last": False},
-        "optim": {"warmup_epochs": 1, "milestones": [2]},
-        "train": {"epochs": 1, "eval_every": 1, "device": "cpu", "amp": "off", "max_steps_per_epoch": 2,
-                  "output_dir": str(out / "models" / backbone), "log_every_steps": 1},
-        "eval": {"num_ranked_lists": 0},
-        "tracking": {"enabled": tracked, "uri": f"sqlite:///{out / 'mlflow.db'}",
-                     "artifact_root": str(out / "mlruns"), "experiment": "deploy-tests"},
-    }, "deploy test config")
+from deploy_models import deploy_config, save_trained, train_steps  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
@@ -53,44 +38,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synt
     return out
 
 
-def _train_steps(config, manifest, steps: int = 2):
-    """A model after a few optimiser steps on synthetic training images, as a ``reid train`` checkpoint.
-
-    The steps move the BatchNorm running statistics and the weights away from their initial values,
-    so an export that used batch statistics, or lost a layer, shows in the parity check.
-    """
-    from reid.data.images import load_images
-    from reid.data.transforms import TestTransform
-    from reid.models.reid_model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(config, manifest.num_classes).train()
-    picks = list(range(0, len(manifest.train), max(1, len(manifest.train) // 8)))[:8]
-    images, _ = load_images([manifest.train[i] for i in picks])
-    batch = TestTransform(config.data)(images)
-    labels = torch.as_tensor([manifest.train_labels[i] for i in picks])
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(batch)["logits"], labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model
-
-
 @pytest.fixture(scope="module")
 def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
     """``backbone -> (best.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    from reid.engine.checkpoint import save_checkpoint
     from reid.tracking import Tracker
 
     done: dict[str, tuple[Path, object]] = {}
 
     def get(backbone: str):
         if backbone not in done:
-            config = _config(synthetic_root, workdir, backbone, tracked=backbone == "resnet18")
+            config = deploy_config(synthetic_root, workdir, backbone, tracked=backbone == "resnet18")
             run_id = None
             if config.tracking.enabled:
                 tracker = Tracker(config.tracking)
@@ -98,12 +57,8 @@ def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
                 run = client.create_run(tracker.experiment_id(), run_name=f"train-{backbone}")
                 client.set_terminated(run.info.run_id)
                 run_id = run.info.run_id
-            model = _train_steps(config, synthetic_manifest)
-            path = save_checkpoint({
-                "config": config.model_dump(mode="json"), "num_classes": synthetic_manifest.num_classes,
-                "epoch": 1, "global_step": 2, "model": model.state_dict(), "mlflow_run_id": run_id,
-                "data_hash": synthetic_manifest.content_hash,
-            }, Path(config.train.output_dir) / "best.pt")
+            model = train_steps(config, synthetic_manifest)
+            path = save_trained(model, config, synthetic_manifest, "best.pt", run_id)
             done[backbone] = (path, config)
         return done[backbone]
 
