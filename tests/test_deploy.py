@@ -40,7 +40,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synt
 
 @pytest.fixture(scope="module")
 def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
-    """``backbone -> (best.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
+    """``backbone -> (last.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
     from mlflow.tracking import MlflowClient
 
     from reid.tracking import Tracker
@@ -58,7 +58,7 @@ def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
                 client.set_terminated(run.info.run_id)
                 run_id = run.info.run_id
             model = train_steps(config, synthetic_manifest)
-            path = save_trained(model, config, synthetic_manifest, "best.pt", run_id)
+            path = save_trained(model, config, synthetic_manifest, "last.pt", run_id)
             done[backbone] = (path, config)
         return done[backbone]
 
