@@ -101,7 +101,7 @@ def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] |
 
     epoch_time, ips, eval_time = series("train/epoch_time_s"), series("train/img_per_s"), series("eval_time_s")
     out: dict[str, Any] = {"mlflow_run_id": run_id,
-                           "curve": [{"epoch": e, "mAP": v} for e, v in sorted(series("mAP").items())]}
+                           "curve": [{"epoch": e, "mAP": v} for e, v in sorted((series("eval_epoch/mAP") or series("mAP")).items())]}
     if epoch_time:
         seconds = sum(epoch_time.values())
         images = sum(epoch_time[e] * ips.get(e, 0.0) for e in epoch_time)

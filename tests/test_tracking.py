@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import socket
@@ -152,18 +154,32 @@ def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path
     tags = run.data.tags
     assert tags["variant"] == "tiny_variant" and tags["backbone"] == "resnet18" and tags["kd_mode"] == "none"
     assert tags["dataset"] and tags["num_classes"] == str(synthetic_manifest.num_classes)
+    # The manifest is the run's dataset input: what fills the runs table's Dataset column and filter.
+    (data_input,) = run.inputs.dataset_inputs
+    dataset = data_input.dataset
+    assert dataset.digest == synthetic_manifest.content_hash[:12] and dataset.source_type == "local"
+    assert json.loads(dataset.source)["uri"] == str(synthetic_manifest.root)
+    profile = json.loads(dataset.profile)
+    assert (profile["train_images"], profile["query_images"], profile["gallery_images"]) == (
+        len(synthetic_manifest.train), len(synthetic_manifest.query), len(synthetic_manifest.gallery))
+    assert profile["content_hash"] == synthetic_manifest.content_hash
+    assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "train"
 
     metrics = run.data.metrics
     loss_terms = [k for k in metrics if k.startswith("train/loss_")]
     assert loss_terms, sorted(metrics)  # each named loss term separately
-    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "mAP", "rank1", "mINP", "train_step/loss"):
+    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "eval_epoch/mAP", "eval_epoch/rank1", "eval_epoch/mINP",
+                "train_step/loss"):
         assert key in metrics, (key, sorted(metrics))
     epochs = tiny_config.train.epochs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, epochs + 1))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "mAP")] == list(range(1, epochs + 1))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_epoch/mAP")] == list(range(1, epochs + 1))
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_step/loss")]
     assert steps == list(range(1, epochs * tiny_config.train.max_steps_per_epoch + 1))  # log_every_steps=1
-    assert metrics["mAP"] == pytest.approx(result.metrics["mAP"])
+    assert metrics["eval_epoch/mAP"] == pytest.approx(result.metrics["mAP"])
+    # One name per quantity: the AP variant that *is* mAP is not logged again (reid.evaluation.naming).
+    assert "eval_epoch/mAP_standard" not in metrics and "eval_epoch/mAP_trapezoidal" in metrics
+    assert not {"mAP", "rank1", "mINP"} & set(metrics)
 
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts, artifacts

@@ -70,6 +70,7 @@ def command(
             model = name or model_name(checkpoint, None)
             run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
                                                      [path, report_file], path, result.to_dict(),
-                                                     base=project_base(params))
+                                                     base=project_base(params),
+                                                     contract=meta if format == "onnx" else None)
             typer.echo(f"MLflow: {path.name} and its report logged to run {run_id}; registered as {registered} "
                        f"version {version}")

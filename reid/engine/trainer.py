@@ -362,6 +362,7 @@ class _Trainer:
             if tracker.resumed:
                 tracker.set_tags({"reid.resumed_at_epoch": self.start_epoch})
             tracker.log_params(cfg.active_flat())  # inactive feature keys as "-" (Config.active_flat)
+            tracker.log_dataset(manifest, "train")  # the runs table's Dataset column
             tracker.log_artifact(self.config_path)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
@@ -655,6 +656,7 @@ class _Trainer:
         decisions afterwards (e.g. the final evaluation of a resumed run) and never wait for each
         other at different collectives.
         """
+        from reid.evaluation.naming import EPOCH_EVAL_PREFIX
         from reid.evaluation.runner import evaluate_model, metrics_for_logging
 
         started = time.perf_counter()
@@ -672,7 +674,7 @@ class _Trainer:
             self.best_metric, self.best_epoch = value, completed
         if not self.ctx.is_main:
             return
-        logged = metrics_for_logging(result)
+        logged = metrics_for_logging(result, EPOCH_EVAL_PREFIX)  # a curve; eval/* is the reported model's
         logged["eval_time_s"] = time.perf_counter() - started
         self.tracker.log_metrics(logged, step=completed)
         note = " (best)" if improved else f" (best {previous_best:.4f} at epoch {previous_epoch})"
