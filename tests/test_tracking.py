@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,37 @@ def test_logged_params_show_inactive_distillation_keys_as_inactive(tiny_config, 
     assert runs["baseline"].params["kd.teacher_stage"] == "-" and runs["baseline"].tags["kd_mode"] == "none"
     assert runs["sd"].params["kd.feature_loss_coefficient"] == "0.05" and runs["sd"].tags["kd_mode"] == "self"
     assert runs["sd"].params["kd.teacher_stage"] == "layer3" and runs["sd"].params["kd.logit_weight"] == "-"
+
+
+def test_comparison_view_names_the_latest_run_of_each_variant_best_map_first(tmp_path: Path) -> None:
+    """The shared view `reid ui` links to: one run per variant (the newest), sorted by eval/mAP, with the
+    compared columns; written where MLflow's UI reads shared views (experiment tag)."""
+    from mlflow.tracking import MlflowClient
+
+    from reid.tracking.ui_view import SHARED_VIEW_TAG_PREFIX, VIEW_KEY, comparison_url, publish_comparison_view
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    eid = client.create_experiment("cmp", artifact_location=(tmp_path / "art").as_uri())
+    made = {}
+    for name, value in (("baseline", 0.30), ("sd_003", 0.50), ("baseline", 0.40)):  # baseline rerun: newest counts
+        run = client.create_run(eid, run_name=name, tags={"variant": name, "reid.command": "train"})
+        client.log_metric(run.info.run_id, "eval/mAP", value)
+        client.log_metric(run.info.run_id, "eval/synth_b/mAP", value / 2)
+        made.setdefault(name, []).append(run.info.run_id)
+        time.sleep(0.01)  # distinct start times
+    other = client.create_run(eid, run_name="evaluate-x", tags={"variant": "x", "reid.command": "evaluate"})
+    view = publish_comparison_view(client, "cmp")
+    assert view.names == ["sd_003", "baseline"] and view.runs == [made["sd_003"][0], made["baseline"][1]]
+    state = json.loads(client.get_experiment(eid).tags[SHARED_VIEW_TAG_PREFIX + VIEW_KEY])
+    assert state["orderByKey"] == "metrics.`eval/mAP`" and state["orderByAsc"] is False
+    assert made["baseline"][0] not in state["searchFilter"] and other.info.run_id not in state["searchFilter"]
+    columns = state["selectedColumns"]
+    assert columns[:3] == ["metrics.`eval/mAP`", "metrics.`eval/rank1`", "metrics.`eval/mINP`"]
+    assert {"metrics.`eval/synth_b/mAP`", "tags.`kd_mode`", "params.`kd.feature_loss_coefficient`",
+            "params.`kd.teacher_stage`", "params.`kd.teacher_checkpoint`", "attributes.`Dataset`",
+            "attributes.`Models`"} <= set(columns)
+    url = comparison_url("http://localhost:5000/", view)
+    assert url == (f"http://localhost:5000/#/experiments/{eid}/runs?viewStateShareKey={VIEW_KEY}"
+                   "&workflowType=machine_learning")
+    with pytest.raises(TrackingError, match="'nope' is not in this store"):
+        publish_comparison_view(client, "nope")

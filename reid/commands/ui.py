@@ -105,8 +105,7 @@ def command(
     typer.echo(shown, err=True)
     server = subprocess.Popen(argv, env={**os.environ, **env_add})
     try:
-        if open_browser and url is not None and wait_for_server(f"http://127.0.0.1:{port}" if host in
-                                                                ("127.0.0.1", "0.0.0.0") else f"http://{browse_host}:{port}", server):
+        if open_browser and url is not None and wait_for_server(f"http://{browse_host}:{port}", server):
             import webbrowser
 
             webbrowser.open(url)
