@@ -27,14 +27,14 @@ DIGEST_CHARS = 12  # as the commands print hashes; MLflow allows up to 36
 def dataset_profile(manifest: Any) -> dict[str, Any]:
     """Split sizes and identity counts of a manifest, the profile MLflow shows with the dataset."""
 
-    def ids(samples: list[Any]) -> int:
-        return len({s.pid for s in samples})
-
+    splits = {name: list(getattr(manifest, name, None) or []) for name in ("train", "query", "gallery")}
+    profile: dict[str, Any] = {}
+    for name, samples in splits.items():
+        profile[f"{name}_images"] = len(samples)
+        profile[f"{name}_ids"] = len({s.pid for s in samples})
     return {
-        "train_images": len(manifest.train), "train_ids": ids(manifest.train),
-        "query_images": len(manifest.query), "query_ids": ids(manifest.query),
-        "gallery_images": len(manifest.gallery), "gallery_ids": ids(manifest.gallery),
-        "num_classes": int(manifest.num_classes),
+        **profile,
+        "num_classes": int(getattr(manifest, "num_classes", 0) or 0),
         "format": str(getattr(manifest, "format", "") or ""),
         "protocol": str(getattr(manifest, "protocol", "standard")),
         "content_hash": str(getattr(manifest, "content_hash", "") or ""),
@@ -46,11 +46,12 @@ def dataset_input(manifest: Any, context: str, name: str | None = None) -> Any:
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     content_hash = str(getattr(manifest, "content_hash", "") or "")
+    root = str(getattr(manifest, "root", "") or "")
     dataset = Dataset(
-        name=name or str(getattr(manifest, "name", "") or Path(str(manifest.root)).name),
+        name=name or str(getattr(manifest, "name", "") or Path(root).name or "dataset"),
         digest=content_hash[:DIGEST_CHARS] or "unknown",
         source_type="local",
-        source=json.dumps({"uri": str(manifest.root)}),
+        source=json.dumps({"uri": root}),
         profile=json.dumps(dataset_profile(manifest)),
     )
     return DatasetInput(dataset=dataset, tags=[InputTag(key=CONTEXT_TAG, value=context)])
