@@ -89,7 +89,7 @@ def log_evaluation_run(
     with the pictures and metrics.json under ``evaluation/``: one model is then one row in the MLflow
     UI, holding its parameters, its training curves and the evaluation of its best checkpoint, which is
     what a side-by-side comparison of runs needs. The ``eval/`` prefix keeps these apart from the
-    trainer's per-epoch ``mAP`` (evaluated on the last weights, not the best ones). An evaluation on
+    trainer's per-epoch curve ``eval_epoch/mAP`` (:mod:`reid.evaluation.naming`). An evaluation on
     another dataset or a re-ranked one uses the names of ``names`` (``eval/<target>/``,
     ``eval_rerank/``; see :mod:`reid.evaluation.naming`), so it never overwrites the model's own
     ``eval/*``; ``dataset`` (name, format, hash, manifest) is recorded as tags under the same prefix.
