@@ -103,13 +103,18 @@ def command(
     typer.echo(f"MLflow UI on http://{browse_host}:{port}  (Ctrl-C to stop)")
     typer.echo(message)
     typer.echo(shown, err=True)
-    server = subprocess.Popen(argv, env={**os.environ, **env_add})
-    try:
-        if open_browser and url is not None and wait_for_server(f"http://{browse_host}:{port}", server):
-            import webbrowser
+    from reid.tracking.mlflow_tracker import sigterm_as_interrupt
 
-            webbrowser.open(url)
-        code = server.wait()
+    server = subprocess.Popen(argv, env={**os.environ, **env_add})
+    # Ctrl-C reaches the server too (same process group); SIGTERM, to this process alone, must not
+    # leave the server running without its parent.
+    try:
+        with sigterm_as_interrupt():
+            if open_browser and url is not None and wait_for_server(f"http://{browse_host}:{port}", server):
+                import webbrowser
+
+                webbrowser.open(url)
+            code = server.wait()
     except KeyboardInterrupt:  # pragma: no cover - interactive
         server.terminate()
         server.wait(timeout=30)
