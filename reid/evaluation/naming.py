@@ -15,7 +15,7 @@ collide with it.
 
 **Metric names in MLflow, one name per quantity** (this module is the one place that defines them):
 
-* ``eval/mAP``, ``eval/rank1``, ``eval/rank5``, ``eval/rank10``, ``eval/mINP`` (+ query counts): the
+* ``eval/mAP``, ``eval/rank<k>`` (each of ``eval.ranks``), ``eval/mINP`` (+ query counts): the
   reported model on its own test split, logged by ``reid evaluate`` into the run that trained it. The
   headline: what the runs table shows and sorts by (:data:`HEADLINE_METRICS`).
 * ``eval/<target>/...`` and ``eval_rerank/...``: the measurements above.
