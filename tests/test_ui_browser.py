@@ -96,7 +96,7 @@ def free_port() -> int:
 def two_runs(tmp_path: Path, synthetic_manifest, synthetic_root: Path) -> tuple[Path, dict[str, float]]:
     """params.yaml of a store holding a baseline and a self-distilled run, logged like the pipeline does."""
     from reid.config import load_config
-    from reid.evaluation.naming import metric_key
+    from reid.evaluation.naming import EPOCH_EVAL_PREFIX, metric_key
     from reid.tracking import Tracker, run_tags
 
     tracking = {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -115,7 +115,7 @@ def two_runs(tmp_path: Path, synthetic_manifest, synthetic_root: Path) -> tuple[
             tracker.log_params(config.active_flat())
             tracker.log_dataset(synthetic_manifest, "train")
             for epoch in (1, 2):
-                tracker.log_metrics({metric_key("mAP", "eval_epoch/"): value * epoch / 2}, step=epoch)
+                tracker.log_metrics({metric_key("mAP", EPOCH_EVAL_PREFIX): value * epoch / 2}, step=epoch)
             tracker.log_metrics({metric_key("mAP"): value, metric_key("rank1"): value + 0.2,
                                  metric_key("mINP"): value / 2}, step=2)
     return params, maps
