@@ -121,12 +121,18 @@ def two_runs(tmp_path: Path, synthetic_manifest, synthetic_root: Path) -> tuple[
     return params, maps
 
 
-def test_reid_ui_page_shows_both_runs_with_their_map_in_chromium(two_runs: tuple[Path, dict[str, float]],
-                                                                 synthetic_manifest) -> None:
-    browser = find_browser()
-    if browser is None:
+@pytest.fixture()
+def browser() -> str:
+    """The browser's path; skips (before any store is built) without one."""
+    path = find_browser()
+    if path is None:
         pytest.skip("no Chromium on PATH (Debian: apt-get install chromium; or set REID_CHROMIUM): the test "
                     "renders the MLflow UI in a real browser")
+    return path
+
+
+def test_reid_ui_page_shows_both_runs_with_their_map_in_chromium(browser: str, two_runs: tuple[Path, dict[str, float]],
+                                                                 synthetic_manifest) -> None:
     from reid.commands.ui import comparison_page, ui_command_line, wait_for_server
 
     params, maps = two_runs
