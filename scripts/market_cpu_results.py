@@ -101,7 +101,7 @@ def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] |
 
     from reid.engine.trainer import CURVE_PREFIX
 
-    # The query/gallery curve during training: curve/* since the last epoch is the reported model, plain
+    # The query/gallery curve during training: eval_epoch/* since the last epoch is the reported model, plain
     # names in runs recorded before.
     def curve_series(name: str) -> dict[int, float]:
         return series(f"{CURVE_PREFIX}{name}") or series(name)

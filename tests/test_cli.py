@@ -119,3 +119,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "bash scripts/test.sh" in readme and "bash scripts/quickstart.sh" in readme
     assert "bash scripts/test.sh" in ci
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+
+
+def test_ui_says_where_it_looked_when_the_store_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reid ui` in the wrong folder (the quickstart's runs are in .quickstart/) must say where it looked,
+    and must not create an empty store there."""
+    from reid.commands.ui import comparison_page
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("tracking:\n  uri: sqlite:///mlflow.db\n")
+    url, message = comparison_page(params, "http://localhost:5000")
+    assert url is None and str(tmp_path / "mlflow.db") in message and "cd .quickstart && reid ui" in message
+    assert not (tmp_path / "mlflow.db").exists()

@@ -282,8 +282,37 @@ def test_export_is_logged_to_the_training_run_and_registered(trained, workdir: P
     assert {"export/model.onnx", "export/model.parity.json"} <= logged
     versions = client.search_model_versions("name='deploy-tests-baseline'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert all(v.run_id == run_id and v.source.endswith("export/model.onnx") for v in versions)
-    assert client.get_run(run_id).data.metrics["export/min_cosine"] >= 0.9999
+    run = client.get_run(run_id)
+    assert run.data.metrics["export/min_cosine"] >= 0.9999
+    # Each export is an MLflow model of the run (the runs table's Models column), and each registry
+    # version is made from one of them: version -> logged model -> run.
+    model_ids = [o.model_id for o in run.outputs.model_outputs]
+    assert len(model_ids) == 2, model_ids
+    assert sorted(v.source for v in versions) == sorted(f"models:/{m}" for m in model_ids)
+    assert all(v.run_id == run_id for v in versions)
+    import mlflow.onnx
+    from mlflow.models import Model
+
+    logged_model = client.get_logged_model(model_ids[0])
+    assert logged_model.source_run_id == run_id and logged_model.experiment_id == run.info.experiment_id
+    linked = json.loads(logged_model.tags["mlflow.modelVersions"])  # what the UI follows to the registry
+    assert [(v["name"], str(v["version"])) for v in linked] in ([("deploy-tests-baseline", "1")],
+                                                               [("deploy-tests-baseline", "2")])
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from reid.deploy.contract import INPUT_NAME, OUTPUT_NAME
+
+    with _use_tracking_uri(config.tracking.uri):  # models:/ URIs resolve through the process's store
+        mlmodel = Model.load(f"models:/{model_ids[0]}")
+        graph = mlflow.onnx.load_model(f"models:/{model_ids[0]}")  # the graph itself, no pickle involved
+    assert "onnx" in mlmodel.flavors
+    inputs, outputs = mlmodel.signature.inputs.to_dict(), mlmodel.signature.outputs.to_dict()
+    h, w = config.data.height, config.data.width
+    assert inputs[0]["name"] == INPUT_NAME and list(inputs[0]["tensor-spec"]["shape"]) == [-1, 3, h, w]
+    assert outputs[0]["name"] == OUTPUT_NAME and outputs[0]["tensor-spec"]["dtype"] == "float32"
+    contract = mlmodel.metadata["reid_contract"]
+    assert contract["input_height"] == str(h) and contract["mean"] and contract["backbone"] == "resnet18"
+    assert [i.name for i in graph.graph.input] == [INPUT_NAME]
 
 
 # -- bad input ---------------------------------------------------------------------------------------

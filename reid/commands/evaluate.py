@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from reid.commands._common import clean_errors, config_from_cli
+from reid.errors import TrackingError
 
 if TYPE_CHECKING:
     from reid.config import Config
@@ -108,6 +109,7 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 def log_evaluation_run(
     config: "Config", name: str, trained_by: str | None, checkpoint: Path, result: Any, artifacts: list[Path],
     base: Path | None = None, names: "EvaluationNames | None" = None, dataset: dict[str, str] | None = None,
+    manifest: Any = None,
 ) -> tuple[str | None, bool]:
     """Record the evaluation in MLflow; returns ``(run id, whether it is the training run)``.
 
@@ -115,10 +117,12 @@ def log_evaluation_run(
     with the pictures and metrics.json under ``evaluation/``: one model is then one row in the MLflow
     UI, holding its parameters, its training curves and the evaluation of its best checkpoint, which is
     what a side-by-side comparison of runs needs. The ``eval/`` prefix keeps these apart from the
-    trainer's per-epoch ``mAP`` (evaluated on the last weights, not the best ones). An evaluation on
+    trainer's per-epoch curve ``eval_epoch/mAP`` (:mod:`reid.evaluation.naming`). An evaluation on
     another dataset or a re-ranked one uses the names of ``names`` (``eval/<target>/``,
     ``eval_rerank/``; see :mod:`reid.evaluation.naming`), so it never overwrites the model's own
     ``eval/*``; ``dataset`` (name, format, hash, manifest) is recorded as tags under the same prefix.
+    A cross-domain target's ``manifest`` is also recorded as an MLflow dataset input with context
+    ``eval`` named after the target (:mod:`reid.tracking.datasets`), beside the training input.
 
     When that run is not in this store (the checkpoint came from elsewhere, or the store was reset)
     the evaluation gets its own run ``evaluate-<name>``, tagged ``variant=<name>`` and with the
@@ -151,6 +155,7 @@ def log_evaluation_run(
                           artifact_path=artifact_path)
             for key, value in flags.items():
                 client.set_tag(trained_by, key, value)
+            _log_target_input(client, trained_by, manifest, names)
             return trained_by, True
     tags = {"reid.command": "evaluate", "variant": name, "reid.checkpoint": str(checkpoint.resolve()), **flags}
     if trained_by:
@@ -160,7 +165,23 @@ def log_evaluation_run(
         tracker.log_params({k: v for k, v in config.flat().items() if k.startswith(("eval.", "model."))})
         log_to_mlflow(result, artifacts, run_id=tracker.run_id, prefix=prefix, tracking_uri=tracker.uri,
                       artifact_path=artifact_path)
+        _log_target_input(MlflowClient(tracking_uri=tracker.uri), tracker.run_id, manifest, names)
     return tracker.run_id, False
+
+
+def _log_target_input(client: Any, run_id: str | None, manifest: Any, names: "EvaluationNames") -> None:
+    """A cross-domain target's manifest as an ``eval`` dataset input of the run (nothing for own data)."""
+    if manifest is None or names.target is None or run_id is None:
+        return
+    from mlflow.exceptions import MlflowException
+
+    from reid.tracking.datasets import EVAL_CONTEXT, log_dataset
+
+    try:
+        log_dataset(client, run_id, manifest, EVAL_CONTEXT, name=names.target)
+    except MlflowException as exc:
+        raise TrackingError(f"could not record target {names.target!r} as a dataset input of MLflow run "
+                            f"{run_id}: {exc}") from exc
 
 
 def command(
@@ -295,6 +316,6 @@ def command(
             with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
                 run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result,
                                                               list(paths.values()), base=base, names=names,
-                                                              dataset=dataset)
+                                                              dataset=dataset, manifest=split)
             where = "the run that trained it" if is_training_run else "a run of its own"
             typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

@@ -92,6 +92,7 @@ def command(
             with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
                 run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
                                                          logged, path, result.to_dict(),
-                                                         base=project_base(params))
+                                                         base=project_base(params),
+                                                         contract=meta if format == "onnx" else None)
             typer.echo(f"MLflow: {path.name} and its report logged to run {run_id}; registered as {registered} "
                        f"version {version}")

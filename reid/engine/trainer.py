@@ -9,7 +9,7 @@ and after the last, and leaves in ``train.output_dir``:
   exports and distils from it;
 * ``best.pt``, only with a validation split (``eval.val_ids > 0``, :mod:`reid.data.validation`): the
   deployable model of the epoch with the best mAP on the held-out training identities. The evaluations
-  on query / gallery during training are a monitoring curve (MLflow ``curve/*``); choosing an epoch
+  on query / gallery during training are a monitoring curve (MLflow ``eval_epoch/*``); choosing an epoch
   on them would be choosing on the test set, so nothing here does;
 * ``metrics.json``: the final evaluation (the last epoch's) plus, with a validation split,
   ``val_best_mAP``/``best_epoch``, and the run's cost
@@ -113,6 +113,7 @@ from reid.engine.resume import (  # noqa: F401 - the resume rule, re-exported fo
     config_differences,
 )
 from reid.errors import CheckpointError, NonFiniteLossError, ReidError
+from reid.evaluation.naming import EPOCH_EVAL_PREFIX
 from reid.tracking.mlflow_tracker import Tracker, run_tags, sigterm_as_interrupt
 from reid.tracking.record import RECORD_FILE
 
@@ -122,7 +123,7 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 SELECTION_METRIC = "mAP"
 #: MLflow prefix of the query/gallery evaluations during training: a curve to watch, never a selection.
-CURVE_PREFIX = "curve/"
+CURVE_PREFIX = EPOCH_EVAL_PREFIX  # "eval_epoch/" (reid.evaluation.naming: one name per quantity)
 #: MLflow prefix of the validation-split evaluations (``eval.val_ids``), the only ones best.pt is chosen on.
 VAL_PREFIX = "val/"
 
@@ -344,6 +345,7 @@ class _Trainer:
             if tracker.resumed:
                 tracker.set_tags({"reid.resumed_at_epoch": self.start_epoch})
             tracker.log_params(cfg.active_flat())  # inactive feature keys as "-" (Config.active_flat)
+            tracker.log_dataset(manifest, "train")  # the runs table's Dataset column
             tracker.log_artifact(self.config_path)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
@@ -653,7 +655,7 @@ class _Trainer:
         """Evaluate on every rank (features are extracted in shards and gathered), track on rank 0.
 
         The query / gallery evaluation is the run's result after the last epoch and a monitoring curve
-        before it (``curve/*``); only the validation split (``eval.val_ids``) chooses ``best.pt``.
+        before it (``eval_epoch/*``); only the validation split (``eval.val_ids``) chooses ``best.pt``.
         Every rank keeps the same metrics and bookkeeping, so the ranks take the same decisions
         afterwards and never wait for each other at different collectives. Under torchrun every rank
         first takes rank 0's buffers (BatchNorm running statistics), so all shards are embedded by one
@@ -682,8 +684,8 @@ class _Trainer:
         self.history.append(entry)
         if not self.ctx.is_main:
             return
-        logged = metrics_for_logging(result, prefix=CURVE_PREFIX)
-        logged[f"{CURVE_PREFIX}eval_time_s"] = time.perf_counter() - started
+        logged = metrics_for_logging(result, prefix=CURVE_PREFIX)  # a curve; eval/* is the reported model's
+        logged["eval_time_s"] = time.perf_counter() - started
         if val is not None:
             logged.update(metrics_for_logging(val, prefix=VAL_PREFIX))
         self.tracker.log_metrics(logged, step=completed)

@@ -403,6 +403,14 @@ class Tracker:
                          sha256=file_sha256(path) if path.is_file() else None)
         self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
+    def log_dataset(self, manifest: Any, context: str) -> None:
+        """Record ``manifest`` as a dataset input of the run (:mod:`reid.tracking.datasets`); warns on failure."""
+        if not self._active():
+            return
+        from reid.tracking.datasets import log_dataset
+
+        self._guard("dataset input", lambda: log_dataset(self._client, self.run_id, manifest, context))
+
     # -- closing ---------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning)."""
