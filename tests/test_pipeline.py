@@ -324,4 +324,4 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
     newest = max(sd_runs, key=lambda r: r.info.start_time)
     assert newest.data.params["kd.feature_loss_coefficient"] == "0.2"
     assert newest.data.tags.get("dvc_exp") == "sd-coef-02"
-    assert "mAP" in newest.data.metrics and "eval/mAP" in newest.data.metrics
+    assert "curve/mAP" in newest.data.metrics and "eval/mAP" in newest.data.metrics
