@@ -12,9 +12,15 @@ forward under the AMP policy's autocast, losses summed in float32, ``scaler.scal
 The input is a random P x K batch (default 16 x 4 = 64 images of 256 x 128) already on the device, so
 the number is the model's training throughput with no input pipeline. ``--with-augment`` adds the
 GPU-resident input pipeline inside the timed step: a ``TrainLoader`` over an ``ImageStore`` of random
-uint8 images at the input size on the device (``PKSampler`` indices, one ``index_select``, the batch
-augmentation of :class:`reid.data.transforms.TrainAugment`), i.e. the whole step of a ``gpu``-pipeline
-training run.
+uint8 images on the device (``PKSampler`` indices, one ``index_select``, the batch augmentation of
+:class:`reid.data.transforms.TrainAugment`), i.e. the whole step of a ``gpu``-pipeline training run.
+The store holds its images at Market-1501's native 128 x 64 (``--store-height``/``--store-width``), as
+``ImageStore`` keeps them, so every batch is upsampled to the input size inside the step, as in training.
+
+Numerics: ``--precision`` measures several in one process, each a row per backbone: ``bf16``/``fp16``
+(autocast, TF32 for what stays float32, as the trainer), ``tf32`` (float32 with TF32 matmuls and
+convolutions, the trainer's setting with ``train.amp: off`` on CUDA) and ``fp32`` (TF32 off). Without
+it, ``--amp`` and ``--tf32/--no-tf32`` give one setting.
 
 Timing: ``--warmup`` steps (default 3, 10 with ``--compile``: compilation and cuDNN autotuning happen
 there), then ``--steps`` timed steps; the device is synchronised only at the two ends of the timed
@@ -28,6 +34,7 @@ runs unchanged on a CUDA machine; nothing is hard-coded to a device.
 Usage:
     .venv/bin/python benchmarks/bench_training.py --device cuda --amp bf16                # 256x128, all backbones
     .venv/bin/python benchmarks/bench_training.py --device cuda --amp bf16 --compile --with-augment
+    .venv/bin/python benchmarks/bench_training.py --device cuda --precision bf16 tf32 fp32 --backbones resnet50
     .venv/bin/python benchmarks/bench_training.py --device cpu --threads 2 --height 128 --width 64 --steps 3 --warmup 1
 """
 
@@ -65,14 +72,24 @@ def machine(device: torch.device) -> dict[str, Any]:
     return describe_machine(device)
 
 
-def config_for(args: argparse.Namespace, backbone: str) -> Config:
+PRECISIONS = {"bf16": ("bf16", True), "fp16": ("fp16", True), "tf32": ("off", True), "fp32": ("off", False)}
+
+
+def config_for(args: argparse.Namespace, backbone: str, amp: str | None = None) -> Config:
     """The recipe defaults with the benchmark's backbone, batch, input size and numerics."""
     return validate({
         "data": {"height": args.height, "width": args.width, "ids_per_batch": args.batch_p,
                  "instances_per_id": args.batch_k},
         "model": {"backbone": backbone, "pretrained": "none", "channels_last": args.channels_last is not False},
-        "train": {"amp": args.amp, "compile": args.compile, "seed": 0},
+        "train": {"amp": amp or args.amp, "compile": args.compile, "seed": 0},
     }, "benchmark config")
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """TF32 for float32 matmuls and convolutions on CUDA (``configure_backends`` turns it on)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if enabled else "highest")
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def synthetic_batches(cfg: Config, device: torch.device,
@@ -89,9 +106,13 @@ def synthetic_batches(cfg: Config, device: torch.device,
         yield images, labels
 
 
-def augmented_batches(cfg: Config, device: torch.device, channels_last: bool,
-                      store_images: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``gpu`` input pipeline: a ``TrainLoader`` over a device-resident uint8 store, epoch after epoch."""
+def augmented_batches(cfg: Config, device: torch.device, channels_last: bool, store_images: int,
+                      store_size: tuple[int, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``gpu`` input pipeline: a ``TrainLoader`` over a device-resident uint8 store, epoch after epoch.
+
+    The store is at ``store_size`` (Market's native 128 x 64 by default): the augmentation resizes each
+    batch to the input size, exactly what training from a native-size store does.
+    """
     from reid.data.image_store import ImageStore
     from reid.data.loaders import TrainLoader
     from reid.data.sampler import PKSampler
@@ -101,7 +122,7 @@ def augmented_batches(cfg: Config, device: torch.device, channels_last: bool,
     num_ids = max(p, round(store_images * MARKET_IDS / MARKET_TRAIN))  # Market's density: ~17 images per id
     labels = [i % num_ids for i in range(store_images)]
     g = torch.Generator().manual_seed(1)
-    pixels = torch.randint(0, 256, (store_images, 3, cfg.data.height, cfg.data.width), dtype=torch.uint8, generator=g)
+    pixels = torch.randint(0, 256, (store_images, 3, *store_size), dtype=torch.uint8, generator=g)
     store = ImageStore(pixels, torch.tensor(labels), list(range(store_images))).to(device)
     loader = TrainLoader(sampler=PKSampler(labels, p, k, seed=0), augment=TrainAugment(cfg.data), device=device,
                          seed=0, num_classes=num_ids, pipeline="gpu", max_steps=None, channels_last=channels_last,
@@ -113,8 +134,11 @@ def augmented_batches(cfg: Config, device: torch.device, channels_last: bool,
         epoch += 1
 
 
-def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device) -> dict[str, Any]:
-    cfg = config_for(args, backbone)
+def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device,
+                   precision: str | None = None) -> dict[str, Any]:
+    amp_name, tf32 = PRECISIONS[precision] if precision else (None, args.tf32 is not False)
+    cfg = config_for(args, backbone, amp_name)
+    set_tf32(device, tf32)
     seed_everything(0)
     amp = amp_policy(cfg.train.amp, device)
     channels_last = cfg.model.channels_last and (device.type == "cuda" or args.channels_last is True)
@@ -131,7 +155,8 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
 
     if args.with_augment:
-        batches = augmented_batches(cfg, device, channels_last, args.store_images)
+        batches = augmented_batches(cfg, device, channels_last, args.store_images,
+                                    (args.store_height, args.store_width))
     else:
         batches = synthetic_batches(cfg, device, channels_last)
 
@@ -176,10 +201,13 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
         "params_m": round(params_m, 2),
         "batch": batch,
         "input": f"{cfg.data.height}x{cfg.data.width}",
+        "precision": precision or amp.name,
         "amp": amp.name,
+        "tf32": bool(tf32 and device.type == "cuda"),
         "channels_last": channels_last,
         "compile": bool(cfg.train.compile),
         "with_augment": bool(args.with_augment),
+        "store": f"{args.store_height}x{args.store_width}" if args.with_augment else None,
         "warmup_steps": warmup,
         "warmup_s": round(warmup_s, 3),
         "steps": args.steps,
@@ -206,7 +234,8 @@ def release(device: torch.device) -> None:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    head = ["backbone", "img/s", "ms/step", "s/epoch", "min/120ep", "peak GB", "amp", "ch_last", "compile", "augment"]
+    head = ["backbone", "img/s", "ms/step", "s/epoch", "min/120ep", "peak GB", "precision", "ch_last", "compile",
+            "augment"]
     lines = [head]
     for r in rows:
         if "error" in r:
@@ -214,7 +243,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             continue
         peak = "-" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f}"
         lines.append([r["backbone"], f"{r['images_per_s']:.1f}", f"{r['ms_per_step']:.1f}",
-                      f"{r['market_epoch_s']:.1f}", f"{r['projected_minutes']:.1f}", peak, r["amp"],
+                      f"{r['market_epoch_s']:.1f}", f"{r['projected_minutes']:.1f}", peak, r["precision"],
                       str(r["channels_last"]), str(r["compile"]), str(r["with_augment"])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
@@ -228,6 +257,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                         help="as train.amp: auto = bf16 (or fp16) on CUDA, off elsewhere")
+    parser.add_argument("--precision", nargs="+", choices=list(PRECISIONS), default=None,
+                        help="numerics to measure, one row each per backbone: bf16/fp16 (autocast), tf32 (float32, "
+                             "TF32 matmuls and convolutions), fp32 (TF32 off); overrides --amp and --tf32")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=None,
+                        help="TF32 for float32 matmuls/convolutions on CUDA (default: on, as the trainer)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the objective (as train.compile)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="default: on CUDA only, as the trainer (model.channels_last)")
@@ -243,6 +277,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with-augment", action="store_true",
                         help="include the gpu input pipeline (store index_select + TrainAugment) in the step")
     parser.add_argument("--store-images", type=int, default=2048, help="images of the store for --with-augment")
+    parser.add_argument("--store-height", type=int, default=128,
+                        help="height of the stored images for --with-augment (Market-1501's native 128)")
+    parser.add_argument("--store-width", type=int, default=64,
+                        help="width of the stored images for --with-augment (Market-1501's native 64)")
     parser.add_argument("--output", default=None,
                         help="JSON path (default benchmarks/results/training_<device type>_<date>.json)")
     args = parser.parse_args(argv)
@@ -271,21 +309,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "settings": {
             "batch": f"P={args.batch_p} x K={args.batch_k}", "input": f"{args.height}x{args.width}",
             "amp": args.amp, "compile": args.compile, "channels_last": args.channels_last,
-            "with_augment": args.with_augment, "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
+            "with_augment": args.with_augment, "precision": args.precision, "tf32": args.tf32,
+            "store": f"{args.store_height}x{args.store_width}" if args.with_augment else None,
+            "steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
             "num_classes": MARKET_IDS, "market_train_images": MARKET_TRAIN,
             "recipe": "ID (label smoothing 0.1) + batch-hard triplet (margin 0.3), BN-neck, last stride 1, Adam 3.5e-4",
         },
         "results": [],
     }
     for backbone in args.backbones:
-        print(f"[{backbone}] {args.batch_p}x{args.batch_k} at {args.height}x{args.width} on {device} ...", flush=True)
-        try:
-            result = bench_backbone(args, backbone, device)
-        except torch.cuda.OutOfMemoryError as exc:
-            result = {"backbone": backbone, "error": f"out of memory: {str(exc).splitlines()[0]}"}
-        report["results"].append(result)
-        print(f"[{backbone}] {json.dumps(result)}", flush=True)
-        release(device)
+        for precision in args.precision or [None]:
+            print(f"[{backbone}] {args.batch_p}x{args.batch_k} at {args.height}x{args.width} on {device}"
+                  f"{f', {precision}' if precision else ''} ...", flush=True)
+            try:
+                result = bench_backbone(args, backbone, device, precision)
+            except torch.cuda.OutOfMemoryError as exc:
+                result = {"backbone": backbone, "precision": precision,
+                          "error": f"out of memory: {str(exc).splitlines()[0]}"}
+            report["results"].append(result)
+            print(f"[{backbone}] {json.dumps(result)}", flush=True)
+            release(device)
 
     if args.output:
         path = Path(args.output)

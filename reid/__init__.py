@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from reid.version import __version__
+
 if TYPE_CHECKING:
     from reid.deploy.embedder import Embedder
 
-__version__ = "0.1.0"
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path: Any, device: Any = "auto", flip: bool | None = None) -> "Embedder":

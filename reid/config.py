@@ -164,7 +164,7 @@ class TrainConfig(_Section):
 
     epochs: int = Field(120, ge=0)  # 0: no training, the initial model is evaluated (a reference point)
     eval_every: int = Field(10, ge=1, description="evaluate on query/gallery every N epochs (a monitoring curve, "
-                            "MLflow curve/*; never a model selection) and always after the last")
+                            "MLflow eval_epoch/*; never a model selection) and always after the last")
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     compile: bool = False

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/market_cpu_results.py                 # reads .market-cpu/
     .venv/bin/python scripts/market_cpu_results.py path/to/run --date 2026-12-03 --out x.json
 
-Why a script: the README's Results section and ``benchmarks/results/market1501_cpu_<date>.json`` must
+Why a script: docs/RESULTS.md and ``benchmarks/results/market1501_cpu_<date>.json`` must
 say, for every model, exactly what was trained (its configuration's difference from the base), what it
 cost (seconds, images, img/s on which machine) and what it scored on the full official protocol
 (standard *and* trapezoidal AP, so a reader comparing with the MATLAB code knows which is which),
@@ -101,7 +101,7 @@ def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] |
 
     from reid.engine.trainer import CURVE_PREFIX
 
-    # The query/gallery curve during training: curve/* since the last epoch is the reported model, plain
+    # The query/gallery curve during training: eval_epoch/* since the last epoch is the reported model, plain
     # names in runs recorded before.
     def curve_series(name: str) -> dict[int, float]:
         return series(f"{CURVE_PREFIX}{name}") or series(name)

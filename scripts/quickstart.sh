@@ -93,5 +93,6 @@ Look around (PATH needs $VENV/bin, or activate it: source $VENV/bin/activate):
   dvc plots show                    # CMC curves and the comparison chart -> dvc_plots/index.html
   dvc exp run -S 'variants.sd_003.kd.feature_loss_coefficient=0.05'   # reruns only that variant
   dvc exp show
-  reid ui                           # MLflow UI on http://localhost:5000 (bound to 127.0.0.1)
+  reid ui                           # MLflow UI on the runs in $QS/mlflow.db (127.0.0.1:5000); it prints
+                                    # the page comparing the models by mAP (docs/MLFLOW_UI.md)
 EOF

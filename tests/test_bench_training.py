@@ -54,9 +54,26 @@ def test_augmented_batches_are_the_gpu_pipeline(bench) -> None:
     """``--with-augment`` feeds P x K normalised float batches from the uint8 store through TrainAugment."""
     args = bench.parse_args([*TINY, "--with-augment"])
     cfg = bench.config_for(args, "resnet18")
-    batches = bench.augmented_batches(cfg, torch.device("cpu"), channels_last=False, store_images=64)
+    # The store at half the input size, as Market's native 128 x 64 is to 256 x 128: upsampled per batch.
+    assert (args.store_height, args.store_width) == (128, 64)
+    batches = bench.augmented_batches(cfg, torch.device("cpu"), channels_last=False, store_images=64,
+                                      store_size=(16, 8))
     for _ in range(10):  # crosses the sampler's epoch boundary (64 images / 8 per batch)
         images, labels = next(batches)
     assert images.shape == (8, 3, 32, 16) and images.dtype == torch.float32
     assert labels.shape == (8,)
     assert all(int((labels == label).sum()) == 2 for label in labels.unique())  # K=2 images per identity
+
+
+def test_precisions_are_rows_of_one_run(bench, tmp_path: Path) -> None:
+    out = tmp_path / "training.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main([*TINY, "--precision", "fp32", "tf32", "--output", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["backbone"], r["precision"], r["amp"]) for r in rows] == [("resnet18", "fp32", "off"),
+                                                                         ("resnet18", "tf32", "off")]
+    assert [r["tf32"] for r in rows] == [False, False]  # TF32 exists on CUDA only
+    assert all(r["images_per_s"] > 0 for r in rows)

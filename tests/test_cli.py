@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from reid.cli import app
 
-COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search")
+COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search", "log-run")
 runner = CliRunner()
 
 
@@ -96,19 +96,21 @@ def test_ui_missing_params_is_a_clean_error(tmp_path: Path) -> None:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_readme_parameter_table_is_generated_from_config() -> None:
-    """Every key of reid/config.py is documented with its current default (scripts/params_table.py)."""
+def test_parameter_table_is_generated_from_config() -> None:
+    """Every key of reid/config.py is documented in docs/PARAMETERS.md with its current default and
+    params.yaml's value (scripts/params_table.py), and the README points there."""
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "scripts/params_table.py", "--check"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
-    readme = (REPO / "README.md").read_text()
+    reference = (REPO / "docs" / "PARAMETERS.md").read_text()
     from reid.config import Config
 
     for section, field in Config.model_fields.items():
         for key in field.annotation.model_fields:  # type: ignore[union-attr]
-            assert f"| `{section}.{key}` |" in readme, f"{section}.{key} missing from README"
+            assert f"| `{section}.{key}` |" in reference, f"{section}.{key} missing from docs/PARAMETERS.md"
+    assert "docs/PARAMETERS.md" in (REPO / "README.md").read_text()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -117,3 +119,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "bash scripts/test.sh" in readme and "bash scripts/quickstart.sh" in readme
     assert "bash scripts/test.sh" in ci
     assert ci.startswith("#!/usr/bin/env bash") and "set -euo pipefail" in ci
+
+
+def test_ui_says_where_it_looked_when_the_store_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reid ui` in the wrong folder (the quickstart's runs are in .quickstart/) must say where it looked,
+    and must not create an empty store there."""
+    from reid.commands.ui import comparison_page
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("tracking:\n  uri: sqlite:///mlflow.db\n")
+    url, message = comparison_page(params, "http://localhost:5000")
+    assert url is None and str(tmp_path / "mlflow.db") in message and "cd .quickstart && reid ui" in message
+    assert not (tmp_path / "mlflow.db").exists()

@@ -350,4 +350,4 @@ def test_torchrun_reid_train_runs_end_to_end(tmp_path: Path, synthetic_root: Pat
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["world_size"] == "2"
-    assert runs[0].info.run_id == b["mlflow_run_id"] and "curve/mAP" in runs[0].data.metrics
+    assert runs[0].info.run_id == b["mlflow_run_id"] and "eval_epoch/mAP" in runs[0].data.metrics

@@ -26,22 +26,7 @@ from reid.deploy.embedder import load_model  # noqa: E402
 from reid.deploy.export import ParityError, export_checkpoint, export_module, parity_check  # noqa: E402
 from reid.errors import ReidError  # noqa: E402
 
-
-def _config(root: Path, out: Path, backbone: str, tracked: bool):
-    from reid.config import validate
-
-    return validate({
-        "data": {"root": str(root), "manifest": str(out / "manifest.json"), "height": 64, "width": 32,
-                 "padding": 4, "ids_per_batch": 4, "instances_per_id": 4, "test_batch_size": 64, "num_workers": 0,
-                 "input_pipeline": "cpu"},
-        "model": {"backbone": backbone, "pretrained": "none", "channels_last": False},
-        "optim": {"warmup_epochs": 1, "milestones": [2]},
-        "train": {"epochs": 1, "eval_every": 1, "device": "cpu", "amp": "off", "max_steps_per_epoch": 2,
-                  "output_dir": str(out / "models" / backbone), "log_every_steps": 1},
-        "eval": {"num_ranked_lists": 0},
-        "tracking": {"enabled": tracked, "uri": f"sqlite:///{out / 'mlflow.db'}",
-                     "artifact_root": str(out / "mlruns"), "experiment": "deploy-tests"},
-    }, "deploy test config")
+from deploy_models import deploy_config, save_trained, train_steps  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 @pytest.fixture(scope="module")
@@ -53,44 +38,18 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, synt
     return out
 
 
-def _train_steps(config, manifest, steps: int = 2):
-    """A model after a few optimiser steps on synthetic training images, as a ``reid train`` checkpoint.
-
-    The steps move the BatchNorm running statistics and the weights away from their initial values,
-    so an export that used batch statistics, or lost a layer, shows in the parity check.
-    """
-    from reid.data.images import load_images
-    from reid.data.transforms import TestTransform
-    from reid.models.reid_model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(config, manifest.num_classes).train()
-    picks = list(range(0, len(manifest.train), max(1, len(manifest.train) // 8)))[:8]
-    images, _ = load_images([manifest.train[i] for i in picks])
-    batch = TestTransform(config.data)(images)
-    labels = torch.as_tensor([manifest.train_labels[i] for i in picks])
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(batch)["logits"], labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return model
-
-
 @pytest.fixture(scope="module")
 def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
-    """``backbone -> (best.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
+    """``backbone -> (last.pt, config)``, each made once; resnet18's run is in the test MLflow store."""
     from mlflow.tracking import MlflowClient
 
-    from reid.engine.checkpoint import save_checkpoint
     from reid.tracking import Tracker
 
     done: dict[str, tuple[Path, object]] = {}
 
     def get(backbone: str):
         if backbone not in done:
-            config = _config(synthetic_root, workdir, backbone, tracked=backbone == "resnet18")
+            config = deploy_config(synthetic_root, workdir, backbone, tracked=backbone == "resnet18")
             run_id = None
             if config.tracking.enabled:
                 tracker = Tracker(config.tracking)
@@ -98,12 +57,8 @@ def trained(workdir: Path, synthetic_root: Path, synthetic_manifest):
                 run = client.create_run(tracker.experiment_id(), run_name=f"train-{backbone}")
                 client.set_terminated(run.info.run_id)
                 run_id = run.info.run_id
-            model = _train_steps(config, synthetic_manifest)
-            path = save_checkpoint({
-                "config": config.model_dump(mode="json"), "num_classes": synthetic_manifest.num_classes,
-                "epoch": 1, "global_step": 2, "model": model.state_dict(), "mlflow_run_id": run_id,
-                "data_hash": synthetic_manifest.content_hash,
-            }, Path(config.train.output_dir) / "best.pt")
+            model = train_steps(config, synthetic_manifest)
+            path = save_trained(model, config, synthetic_manifest, "last.pt", run_id)
             done[backbone] = (path, config)
         return done[backbone]
 
@@ -327,8 +282,37 @@ def test_export_is_logged_to_the_training_run_and_registered(trained, workdir: P
     assert {"export/model.onnx", "export/model.parity.json"} <= logged
     versions = client.search_model_versions("name='deploy-tests-baseline'")
     assert sorted(int(v.version) for v in versions) == [1, 2]
-    assert all(v.run_id == run_id and v.source.endswith("export/model.onnx") for v in versions)
-    assert client.get_run(run_id).data.metrics["export/min_cosine"] >= 0.9999
+    run = client.get_run(run_id)
+    assert run.data.metrics["export/min_cosine"] >= 0.9999
+    # Each export is an MLflow model of the run (the runs table's Models column), and each registry
+    # version is made from one of them: version -> logged model -> run.
+    model_ids = [o.model_id for o in run.outputs.model_outputs]
+    assert len(model_ids) == 2, model_ids
+    assert sorted(v.source for v in versions) == sorted(f"models:/{m}" for m in model_ids)
+    assert all(v.run_id == run_id for v in versions)
+    import mlflow.onnx
+    from mlflow.models import Model
+
+    logged_model = client.get_logged_model(model_ids[0])
+    assert logged_model.source_run_id == run_id and logged_model.experiment_id == run.info.experiment_id
+    linked = json.loads(logged_model.tags["mlflow.modelVersions"])  # what the UI follows to the registry
+    assert [(v["name"], str(v["version"])) for v in linked] in ([("deploy-tests-baseline", "1")],
+                                                               [("deploy-tests-baseline", "2")])
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from reid.deploy.contract import INPUT_NAME, OUTPUT_NAME
+
+    with _use_tracking_uri(config.tracking.uri):  # models:/ URIs resolve through the process's store
+        mlmodel = Model.load(f"models:/{model_ids[0]}")
+        graph = mlflow.onnx.load_model(f"models:/{model_ids[0]}")  # the graph itself, no pickle involved
+    assert "onnx" in mlmodel.flavors
+    inputs, outputs = mlmodel.signature.inputs.to_dict(), mlmodel.signature.outputs.to_dict()
+    h, w = config.data.height, config.data.width
+    assert inputs[0]["name"] == INPUT_NAME and list(inputs[0]["tensor-spec"]["shape"]) == [-1, 3, h, w]
+    assert outputs[0]["name"] == OUTPUT_NAME and outputs[0]["tensor-spec"]["dtype"] == "float32"
+    contract = mlmodel.metadata["reid_contract"]
+    assert contract["input_height"] == str(h) and contract["mean"] and contract["backbone"] == "resnet18"
+    assert [i.name for i in graph.graph.input] == [INPUT_NAME]
 
 
 # -- bad input ---------------------------------------------------------------------------------------

@@ -373,6 +373,10 @@ def test_other_data_and_rerank_never_overwrite_the_models_own_evaluation(
     artifacts = {f.path for f in client.list_artifacts(training, "evaluation")}
     assert "evaluation/metrics.json" in artifacts and "evaluation/Other_Set" in artifacts
     assert len(client.search_runs([exp])) == 1  # all of it in the training run
+    # The cross-domain target is an evaluation input of the run (the UI's Dataset column); own data is not.
+    inputs = client.get_run(training).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+            for i in inputs] == [("Other_Set", other.content_hash[:12], "eval")]
 
 
 def test_target_option_reads_the_targets_manifest_and_protocol(split, tmp_path: Path,

@@ -170,7 +170,7 @@ def test_prepare_bad_params_exit_2_naming_the_key(tmp_path: Path) -> None:
     assert "data.fromat" in result.output and "Traceback" not in result.output
 
     result = runner.invoke(cli(), ["--params", str(write_params(tmp_path, {})), "--format", "duke"])
-    assert result.exit_code == 2 and "data.format" in result.output
+    assert result.exit_code == 2 and "--format" in result.output and "dukemtmc" in result.output
 
 
 def test_prepare_missing_dataset_points_to_the_quickstart(tmp_path: Path) -> None:

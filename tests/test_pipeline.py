@@ -289,7 +289,7 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
     assert sorted(by_variant) == sorted(models), {k: len(v) for k, v in by_variant.items()}
     for m, rs in by_variant.items():
         assert len(rs) == 1, f"{m}: {len(rs)} runs"
-        assert "curve/mAP" in rs[0].data.metrics, (m, sorted(rs[0].data.metrics))
+        assert "eval_epoch/mAP" in rs[0].data.metrics, (m, sorted(rs[0].data.metrics))
         # The evaluate stage's numbers of last.pt land in the training run itself.
         evaluated = json.loads((repo / "pipeline/eval" / m / "metrics.json").read_text())
         assert rs[0].data.metrics["eval/mAP"] == pytest.approx(evaluated["mAP"]), m
@@ -324,4 +324,4 @@ def test_pipeline_end_to_end_reruns_only_the_changed_variant(tmp_path: Path, syn
     newest = max(sd_runs, key=lambda r: r.info.start_time)
     assert newest.data.params["kd.feature_loss_coefficient"] == "0.2"
     assert newest.data.tags.get("dvc_exp") == "sd-coef-02"
-    assert "curve/mAP" in newest.data.metrics and "eval/mAP" in newest.data.metrics
+    assert "eval_epoch/mAP" in newest.data.metrics and "eval/mAP" in newest.data.metrics

@@ -103,7 +103,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["reid.resumed_at_epoch"] == "1"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(run_id, "curve/mAP")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "eval_epoch/mAP")] == [1, 2, 3]
 
 
 # -- refusals (fabricated checkpoints: the checks run before any model is built) -------------------

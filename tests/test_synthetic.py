@@ -14,8 +14,9 @@ import typer
 from typer.testing import CliRunner
 
 from reid.commands import synth
-from reid.data.datasets import MARKET1501, read_dataset
+from reid.data.datasets import read_dataset
 from reid.data.images import load_images
+from reid.data.layouts import MARKET1501
 from reid.data.synthetic import generate_synthetic
 from reid.errors import ReidError
 

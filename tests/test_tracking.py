@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -152,21 +155,34 @@ def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path
     tags = run.data.tags
     assert tags["variant"] == "tiny_variant" and tags["backbone"] == "resnet18" and tags["kd_mode"] == "none"
     assert tags["dataset"] and tags["num_classes"] == str(synthetic_manifest.num_classes)
+    # The manifest is the run's dataset input: what fills the runs table's Dataset column and filter.
+    (data_input,) = run.inputs.dataset_inputs
+    dataset = data_input.dataset
+    assert dataset.digest == synthetic_manifest.content_hash[:12] and dataset.source_type == "local"
+    assert json.loads(dataset.source)["uri"] == str(synthetic_manifest.root)
+    profile = json.loads(dataset.profile)
+    assert (profile["train_images"], profile["query_images"], profile["gallery_images"]) == (
+        len(synthetic_manifest.train), len(synthetic_manifest.query), len(synthetic_manifest.gallery))
+    assert profile["content_hash"] == synthetic_manifest.content_hash
+    assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "train"
 
     metrics = run.data.metrics
     loss_terms = [k for k in metrics if k.startswith("train/loss_")]
     assert loss_terms, sorted(metrics)  # each named loss term separately
-    # The query/gallery evaluations during training are a monitoring curve (curve/*), never a model selection.
-    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "curve/mAP", "curve/rank1", "curve/mINP",
+    # The query/gallery evaluations during training are a monitoring curve (eval_epoch/*), never a model selection.
+    for key in ("train/loss", "train/acc", "train/lr", "train/img_per_s", "eval_epoch/mAP", "eval_epoch/rank1", "eval_epoch/mINP",
                 "train_step/loss"):
         assert key in metrics, (key, sorted(metrics))
     epochs = tiny_config.train.epochs
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, epochs + 1))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "curve/mAP")] == list(range(1, epochs + 1))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_epoch/mAP")] == list(range(1, epochs + 1))
     assert not any(k.startswith("best") for k in metrics)
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_step/loss")]
     assert steps == list(range(1, epochs * tiny_config.train.max_steps_per_epoch + 1))  # log_every_steps=1
-    assert metrics["curve/mAP"] == pytest.approx(result.metrics["mAP"])  # its last point is the final result
+    assert metrics["eval_epoch/mAP"] == pytest.approx(result.metrics["mAP"])  # its last point is the final result
+    # One name per quantity: the AP variant that *is* mAP is not logged again (reid.evaluation.naming).
+    assert "eval_epoch/mAP_standard" not in metrics and "eval_epoch/mAP_trapezoidal" in metrics
+    assert not {"mAP", "rank1", "mINP"} & set(metrics)
 
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts, artifacts
@@ -218,3 +234,37 @@ def test_logged_params_show_inactive_distillation_keys_as_inactive(tiny_config, 
     assert runs["baseline"].params["kd.teacher_stage"] == "-" and runs["baseline"].tags["kd_mode"] == "none"
     assert runs["sd"].params["kd.feature_loss_coefficient"] == "0.05" and runs["sd"].tags["kd_mode"] == "self"
     assert runs["sd"].params["kd.teacher_stage"] == "layer3" and runs["sd"].params["kd.logit_weight"] == "-"
+
+
+def test_comparison_view_names_the_latest_run_of_each_variant_best_map_first(tmp_path: Path) -> None:
+    """The shared view `reid ui` links to: one run per variant (the newest), sorted by eval/mAP, with the
+    compared columns; written where MLflow's UI reads shared views (experiment tag)."""
+    from mlflow.tracking import MlflowClient
+
+    from reid.tracking.ui_view import SHARED_VIEW_TAG_PREFIX, VIEW_KEY, comparison_url, publish_comparison_view
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    eid = client.create_experiment("cmp", artifact_location=(tmp_path / "art").as_uri())
+    made = {}
+    for name, value in (("baseline", 0.30), ("sd_003", 0.50), ("baseline", 0.40)):  # baseline rerun: newest counts
+        run = client.create_run(eid, run_name=name, tags={"variant": name, "reid.command": "train"})
+        client.log_metric(run.info.run_id, "eval/mAP", value)
+        client.log_metric(run.info.run_id, "eval/synth_b/mAP", value / 2)
+        made.setdefault(name, []).append(run.info.run_id)
+        time.sleep(0.01)  # distinct start times
+    other = client.create_run(eid, run_name="evaluate-x", tags={"variant": "x", "reid.command": "evaluate"})
+    view = publish_comparison_view(client, "cmp")
+    assert view.names == ["sd_003", "baseline"] and view.runs == [made["sd_003"][0], made["baseline"][1]]
+    state = json.loads(client.get_experiment(eid).tags[SHARED_VIEW_TAG_PREFIX + VIEW_KEY])
+    assert state["orderByKey"] == "metrics.`eval/mAP`" and state["orderByAsc"] is False
+    assert made["baseline"][0] not in state["searchFilter"] and other.info.run_id not in state["searchFilter"]
+    columns = state["selectedColumns"]
+    assert columns[:3] == ["metrics.`eval/mAP`", "metrics.`eval/rank1`", "metrics.`eval/mINP`"]
+    assert {"metrics.`eval/synth_b/mAP`", "tags.`kd_mode`", "params.`kd.feature_loss_coefficient`",
+            "params.`kd.teacher_stage`", "params.`kd.teacher_checkpoint`", "attributes.`Dataset`",
+            "attributes.`Models`"} <= set(columns)
+    url = comparison_url("http://localhost:5000/", view)
+    assert url == (f"http://localhost:5000/#/experiments/{eid}/runs?viewStateShareKey={VIEW_KEY}"
+                   "&workflowType=machine_learning")
+    with pytest.raises(TrackingError, match="'nope' is not in this store"):
+        publish_comparison_view(client, "nope")

@@ -70,7 +70,7 @@ def test_progress_redraws_on_a_terminal_and_writes_one_line_elsewhere() -> None:
     line = bar.close(4, stats)
     assert plain.getvalue() == line + "\n"
     assert line.startswith("epoch 3/120 [########################] 4/4")
-    for part in ("loss 2.5000", "acc 0.250", "lr 3.50e-04", "812 img/s"):
+    for part in ("loss 2.5000", "acc 25.0%", "lr 3.50e-04", "812 img/s"):
         assert part in line
 
 

@@ -263,8 +263,8 @@ def test_relative_paths_are_relative_to_the_working_directory(tmp_path: Path, mo
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "repo"))
     assert dataset_root(Path("data/ds")) == tmp_path / "repo" / "data" / "ds"
     assert project_base(params) == tmp_path / "repo"
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "**Relative paths** follow one rule" in readme and "relative to the repository root" not in readme
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "PARAMETERS.md").read_text()
+    assert "**Relative paths** follow one rule" in reference and "relative to the repository root" not in reference
 
 
 # -- 10: progress in a log file ------------------------------------------------------------------------

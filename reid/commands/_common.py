@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from pathlib import Path
 from typing import Iterator
 
@@ -30,7 +31,7 @@ def config_from_cli(params: Path, variant: str | None, overrides: list[str] | No
 
 def project_base(params: Path) -> Path:
     """Where relative tracking paths are anchored: ``DVC_ROOT`` inside a DVC stage, else the working
-    directory, the rule of every relative path in the parameters (README, "Parameters").
+    directory, the rule of every relative path in the parameters (docs/PARAMETERS.md, "Relative paths").
 
     One rule: ``data.manifest``, ``train.output_dir``, checkpoints and evaluation outputs are relative
     to the working directory, so the MLflow store is too (anchoring it beside the params file put
@@ -40,3 +41,21 @@ def project_base(params: Path) -> Path:
     """
     root = os.environ.get("DVC_ROOT")
     return Path(root) if root else Path.cwd()
+
+
+def command_line(command: str, params: Path | str, variant: str | None = None, overrides: list[str] | None = None,
+                 run_name: str | None = None, *extra: str) -> str:
+    """``reid <command>`` with the same parameters, shell-quoted, for a message to paste.
+
+    The params file, variant, every ``-o`` override (in order: a later one wins) and the run name
+    together are what makes a run *this* run; a hint that drops one of them continues or restarts
+    another run (e.g. the default ``train.output_dir``). ``shlex.join`` quotes paths with spaces.
+    """
+    argv = ["reid", command, "--params", str(params)]
+    if variant:
+        argv += ["--variant", variant]
+    for override in overrides or []:
+        argv += ["-o", override]
+    if run_name:
+        argv += ["--run-name", run_name]
+    return shlex.join([*argv, *extra])

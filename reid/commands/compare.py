@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from reid.commands._common import clean_errors
+from reid.commands._common import clean_errors, command_line
 
 
 def command(
@@ -32,7 +32,7 @@ def command(
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
     typer.echo("wrote " + ", ".join(str(p) for p in result.files))
     typer.echo(
-        f"Open the MLflow UI to compare the runs: reid ui --params {params}\n"
+        f"Open the MLflow UI to compare the runs: {command_line('ui', params)}\n"
         "  (or: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db "
         "--host 127.0.0.1 --workers 1), then http://localhost:5000"
     )

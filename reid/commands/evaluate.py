@@ -8,7 +8,9 @@ Where each setting comes from, and why:
 * everything else (``data`` loading, ``eval`` protocol, ``tracking``, ``train.device``) comes from
   ``--params`` (+ ``--variant``, ``-o key=value``), so every model of the pipeline is evaluated under
   one protocol (dvc.yaml's ``evaluate`` stage depends on ``data`` and ``eval``). Without a params file
-  the checkpoint's own configuration is used.
+  the checkpoint's own configuration is used. An ``eval`` key that neither the params file nor an
+  override sets is the checkpoint's (the protocol it was trained with), and a note says so when it
+  differs from the default (:func:`resolve_config`).
 
 Writes ``metrics.json`` (fractions in [0, 1], plus which dataset was evaluated: name, format, content
 hash, manifest), ``cmc.csv``/``cmc.png`` and ``ranked_lists.png`` to ``--output`` (default
@@ -23,12 +25,14 @@ directory).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from reid.commands._common import clean_errors, config_from_cli
+from reid.errors import TrackingError
 
 if TYPE_CHECKING:
     from reid.config import Config
@@ -47,12 +51,18 @@ def model_name(checkpoint: Path, variant: str | None) -> str:
 
 
 def resolve_config(
-    checkpoint_config: "Config", params_config: "Config | None", overrides: list[str]
+    checkpoint_config: "Config", params_config: "Config | None", overrides: list[str],
+    explicit_eval: set[str] | None = None,
 ) -> tuple["Config", list[str]]:
     """The evaluation's configuration (see the module docstring) and notes on what was taken from where.
 
     ``params_config`` is params.yaml resolved with its variant and ``overrides`` (None without a
     params file, in which case ``overrides`` apply to the checkpoint's configuration).
+    ``explicit_eval``: the ``eval`` keys the user set (in the params file, its variant, a target's
+    options or ``-o``/``--flip``/``--rerank``); every other ``eval`` key is the checkpoint's, i.e. the
+    protocol the model was trained and evaluated with (a model trained with ``-o eval.cross_camera=false``
+    is not re-scored under the default ``true``). Each key taken from the checkpoint that differs
+    from the params gets a note. None: the params' ``eval`` section is taken whole.
     """
     from reid.config import apply_overrides, validate
 
@@ -66,7 +76,26 @@ def resolve_config(
         if tree["data"][key] != ckpt["data"][key]:
             notes.append(f"data.{key}: using the checkpoint's {ckpt['data'][key]}, not {tree['data'][key]} from the params")
         tree["data"][key] = ckpt["data"][key]
+    for key, value in ckpt["eval"].items():
+        if explicit_eval is None or key in explicit_eval or tree["eval"].get(key) == value:
+            continue
+        notes.append(f"eval.{key}: using the checkpoint's {json.dumps(value)} (the protocol it was trained with), not "
+                     f"the default {json.dumps(tree['eval'].get(key))}; set -o eval.{key}=... to override")
+        tree["eval"][key] = value
     return validate(tree, "params with the checkpoint's model"), notes
+
+
+def explicit_eval_keys(params: Path, variant: str | None, overrides: list[str]) -> set[str]:
+    """The ``eval`` keys set by the params file (with its variant) or by the ``eval.key=value`` overrides."""
+    from reid.config import parse_override, read_params, resolve_tree
+
+    section = resolve_tree(read_params(params), variant).get("eval") or {}
+    keys = set(section) if isinstance(section, dict) else set()
+    for text in overrides:
+        path, _ = parse_override(text)
+        if len(path) == 2 and path[0] == "eval":
+            keys.add(path[1])
+    return keys
 
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
@@ -80,6 +109,7 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 def log_evaluation_run(
     config: "Config", name: str, trained_by: str | None, checkpoint: Path, result: Any, artifacts: list[Path],
     base: Path | None = None, names: "EvaluationNames | None" = None, dataset: dict[str, str] | None = None,
+    manifest: Any = None,
 ) -> tuple[str | None, bool]:
     """Record the evaluation in MLflow; returns ``(run id, whether it is the training run)``.
 
@@ -87,10 +117,12 @@ def log_evaluation_run(
     with the pictures and metrics.json under ``evaluation/``: one model is then one row in the MLflow
     UI, holding its parameters, its training curves and the evaluation of its best checkpoint, which is
     what a side-by-side comparison of runs needs. The ``eval/`` prefix keeps these apart from the
-    trainer's per-epoch ``mAP`` (evaluated on the last weights, not the best ones). An evaluation on
+    trainer's per-epoch curve ``eval_epoch/mAP`` (:mod:`reid.evaluation.naming`). An evaluation on
     another dataset or a re-ranked one uses the names of ``names`` (``eval/<target>/``,
     ``eval_rerank/``; see :mod:`reid.evaluation.naming`), so it never overwrites the model's own
     ``eval/*``; ``dataset`` (name, format, hash, manifest) is recorded as tags under the same prefix.
+    A cross-domain target's ``manifest`` is also recorded as an MLflow dataset input with context
+    ``eval`` named after the target (:mod:`reid.tracking.datasets`), beside the training input.
 
     When that run is not in this store (the checkpoint came from elsewhere, or the store was reset)
     the evaluation gets its own run ``evaluate-<name>``, tagged ``variant=<name>`` and with the
@@ -123,6 +155,7 @@ def log_evaluation_run(
                           artifact_path=artifact_path)
             for key, value in flags.items():
                 client.set_tag(trained_by, key, value)
+            _log_target_input(client, trained_by, manifest, names)
             return trained_by, True
     tags = {"reid.command": "evaluate", "variant": name, "reid.checkpoint": str(checkpoint.resolve()), **flags}
     if trained_by:
@@ -132,7 +165,23 @@ def log_evaluation_run(
         tracker.log_params({k: v for k, v in config.flat().items() if k.startswith(("eval.", "model."))})
         log_to_mlflow(result, artifacts, run_id=tracker.run_id, prefix=prefix, tracking_uri=tracker.uri,
                       artifact_path=artifact_path)
+        _log_target_input(MlflowClient(tracking_uri=tracker.uri), tracker.run_id, manifest, names)
     return tracker.run_id, False
+
+
+def _log_target_input(client: Any, run_id: str | None, manifest: Any, names: "EvaluationNames") -> None:
+    """A cross-domain target's manifest as an ``eval`` dataset input of the run (nothing for own data)."""
+    if manifest is None or names.target is None or run_id is None:
+        return
+    from mlflow.exceptions import MlflowException
+
+    from reid.tracking.datasets import EVAL_CONTEXT, log_dataset
+
+    try:
+        log_dataset(client, run_id, manifest, EVAL_CONTEXT, name=names.target)
+    except MlflowException as exc:
+        raise TrackingError(f"could not record target {names.target!r} as a dataset input of MLflow run "
+                            f"{run_id}: {exc}") from exc
 
 
 def command(
@@ -198,7 +247,8 @@ def command(
 
         device = resolve_device(params_config.train.device if params_config is not None else "auto")
         model, ckpt_config = load_inference_model(checkpoint, device)
-        config, notes = resolve_config(ckpt_config, params_config, overrides)
+        explicit = explicit_eval_keys(params_path, variant, overrides) if params_path is not None else None
+        config, notes = resolve_config(ckpt_config, params_config, overrides, explicit)
         for note in notes:
             typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
 
@@ -222,7 +272,18 @@ def command(
             manifest_path = target_settings.manifest_for(config.data.manifest)
         else:
             manifest_path = config.data.manifest
-        split = load_manifest(manifest_path, params_path, variant)
+        from reid.errors import DatasetError
+
+        try:
+            split = load_manifest(manifest_path, params_path, variant)
+        except DatasetError:
+            if target_settings is None or manifest is not None or Path(manifest_path).is_file():
+                raise
+            from reid.commands._common import command_line
+
+            again = command_line("prepare", params_path, variant, None, None, "--target", target_settings.name)
+            raise DatasetError(f"the manifest of target {target_settings.name!r} ({manifest_path}) does not exist: run "
+                               f"`{again}` first (it reads {target_settings.key}.root and writes that manifest)") from None
         # Which data this is, and whether it is the data the checkpoint was trained on.
         trained_on = read_entry(checkpoint, "data_hash")
         data_hash = getattr(split, "content_hash", None)
@@ -249,8 +310,12 @@ def command(
         typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
         if config.tracking.enabled:
+            from reid.tracking.connection import bounded_http
+
             trained_by = mlflow_run_id or checkpoint_run_id(checkpoint)
-            run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result, list(paths.values()),
-                                                          base=base, names=names, dataset=dataset)
+            with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
+                run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result,
+                                                              list(paths.values()), base=base, names=names,
+                                                              dataset=dataset, manifest=split)
             where = "the run that trained it" if is_training_run else "a run of its own"
             typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

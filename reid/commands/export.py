@@ -8,10 +8,17 @@ A failed parity check exits with code 2 after writing its report.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+
+class Consumer(str, Enum):
+    """A tracker the export is made for (``--for``)."""
+
+    boxmot = "boxmot"
 
 from reid.commands._common import clean_errors
 
@@ -31,6 +38,10 @@ def command(
     params: Annotated[Path, typer.Option("--params", "-p", help="params.yaml whose tracking section says where to log (skipped when absent).")] = Path("params.yaml"),
     name: Annotated[Optional[str], typer.Option("--name", help="Model name for the registry (default: the checkpoint's folder).")] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log to MLflow and register the model when tracking.enabled.")] = True,
+    for_: Annotated[Optional[Consumer], typer.Option(
+        "--for", help="Make the file for a tracker: 'boxmot' (BoxMOT's ReID backend, e.g. BoT-SORT/StrongSORT) needs "
+                      "--output *.onnx or *.torchscript, writes <output>.metadata.json beside it and, when BoxMOT is "
+                      "installed, loads the file with BoxMOT and compares its features. See docs/TRACKING.md.")] = None,
 ) -> None:
     """Export the inference model (no classifier, dynamic batch) with its preprocessing contract, then check parity."""
     with clean_errors():
@@ -52,24 +63,36 @@ def command(
         try:
             path, meta, result, report_file = export_checkpoint(
                 checkpoint, format, output, images=images, manifest=manifest, num_images=num_images,
-                tolerance=tolerance, opset=opset, report_path=report)  # type: ignore[arg-type]
+                tolerance=tolerance, opset=opset, report_path=report,
+                for_consumer=for_.value if for_ else None)  # type: ignore[arg-type]
         except ParityError:
             typer.secho("the exported graph does not match PyTorch: see the report", fg=typer.colors.RED, err=True)
             raise
         typer.echo(f"wrote {path} ({format}, {path.stat().st_size / 2**20:.1f} MiB)")
         typer.echo("preprocessing contract (stored in the file's metadata):")
         for key in ("input_name", "input_height", "input_width", "channel_order", "layout", "value_range", "mean",
-                    "std", "output_name", "embedding_dim", "output_l2_normalized", "eval_distance", "flip",
+                    "std", "resize", "resize_antialias", "resize_aspect", "output_name", "embedding_dim", "output_l2_normalized", "eval_distance", "flip",
                     "backbone", "data_hash", "weights_hash"):
             typer.echo(f"  {key}: {meta.get(key, '')}")
         typer.echo(result.summary())
         typer.echo(f"report: {report_file}")
+        logged = [path, report_file]
+        if for_ is Consumer.boxmot:
+            from reid.deploy.boxmot_compat import PREPROCESS_NAME, sidecar_path
+
+            logged.append(sidecar_path(path))
+            typer.echo(f"BoxMOT metadata: {logged[-1]}; use it with e.g. BotSort(reid_weights=Path('{path}'), ...), "
+                       f"and reid_preprocess='{PREPROCESS_NAME}' after reid.deploy.boxmot_compat.register_preprocess() "
+                       "for features equal to reid's")
         if tracking is not None:
             from reid.deploy.registry import log_export
+            from reid.tracking.connection import bounded_http
 
             model = name or model_name(checkpoint, None)
-            run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
-                                                     [path, report_file], path, result.to_dict(),
-                                                     base=project_base(params))
+            with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
+                run_id, registered, version = log_export(tracking, model, checkpoint_run_id(checkpoint),
+                                                         logged, path, result.to_dict(),
+                                                         base=project_base(params),
+                                                         contract=meta if format == "onnx" else None)
             typer.echo(f"MLflow: {path.name} and its report logged to run {run_id}; registered as {registered} "
                        f"version {version}")

@@ -33,13 +33,14 @@ def command(
         from reid.commands._common import config_from_cli
         from reid.deploy.embedder import load_model
         from reid.deploy.gallery import FeatureFile, save_features
-        from reid.deploy.inputs import collect_images, labels_from_name, manifest_split
+        from reid.deploy.inputs import collect_images, labels_for, manifest_labels, manifest_split
         from reid.errors import ReidError
 
         config = config_from_cli(params, None, None) if params.is_file() else None
         policy = corrupt_images or (config.data.corrupt_images if config is not None else "fail")
         if policy not in ("fail", "skip"):
             raise ReidError(f"--corrupt-images must be fail or skip, got {policy!r}")
+        where: Path | None = None
         if split is not None:
             if sources:
                 raise ReidError("give either image sources or --split, not both")
@@ -49,7 +50,9 @@ def command(
             paths, pids, camids = manifest_split(where, split)
         else:
             paths = collect_images(list(sources or []), glob)
-            pids, camids = (list(v) for v in zip(*(labels_from_name(p) for p in paths)))
+            # Labels from the manifest when there is one (folder data carries no identity in its names).
+            where = manifest or (config.data.manifest if config is not None and Path(config.data.manifest).is_file() else None)
+            pids, camids = (list(v) for v in zip(*labels_for(paths, manifest_labels(where) if where else None)))
         embedder = load_model(model, device=device, flip=flip)
         typer.echo(f"extracting {len(paths)} images with {embedder}", err=True)
         feats, kept = embedder.embed_paths(paths, batch_size=batch_size, policy=policy, progress=True)
@@ -57,6 +60,8 @@ def command(
             typer.secho(f"skipped {len(paths) - len(kept)} corrupt image(s) (data.corrupt_images=skip)",
                         fg=typer.colors.YELLOW, err=True)
         meta = {**embedder.metadata, "model_file": str(Path(model).resolve()), "flip_used": str(embedder.flip).lower()}
+        if where is not None:  # `reid search` labels its queries from the same manifest
+            meta["labels_manifest"] = str(Path(where).resolve())
         ff = FeatureFile(paths=[paths[i] for i in kept], features=feats, pids=[pids[i] for i in kept],  # type: ignore[arg-type]
                          camids=[camids[i] for i in kept], normalized=embedder.normalize, metadata=meta)  # type: ignore[arg-type]
         save_features(output, ff)

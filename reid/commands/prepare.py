@@ -2,8 +2,9 @@
 
 Reads ``data.format`` / ``data.root`` from the parameters (``--root`` / ``--format`` override them;
 a relative root is anchored at ``DVC_ROOT`` inside a DVC stage, else at the working directory),
-prints the dataset statistics, and writes ``data.manifest`` (``--output``) plus ``statistics.json``
-beside it (the DVC ``prepare`` stage's metrics). With ``--check-images`` every image is decoded
+prints the dataset statistics, and writes ``data.manifest`` (``--output``) plus its statistics beside
+it (``statistics.json`` for ``manifest.json``, the DVC ``prepare`` stage's metrics; else
+``<stem>.statistics.json``). With ``--check-images`` every image is decoded
 first, and ``data.corrupt_images`` decides what a corrupt file does: ``fail`` stops with the list of
 bad files, ``skip`` leaves them out of the manifest with a warning. It also warns about what would
 spoil training or evaluation later (:mod:`reid.data.checks`): no query with a cross-camera match,
@@ -13,7 +14,8 @@ With ``data.sources`` the listed datasets are read instead of ``data.format``/``
 into one manifest, identities and cameras offset per source (:mod:`reid.data.sources`). Every
 cross-domain target of ``evaluate.targets`` is read too, before anything is written (a missing one is
 an error naming it), and its manifest written to ``targets/<name>.json`` beside ``data.manifest``
-(:mod:`reid.targets`).
+(:mod:`reid.targets`); ``--target NAME`` prepares only the named ones, ``--no-targets`` none (preparing
+another dataset then neither rescans nor rewrites the targets).
 
 A missing dataset is an error, never a silent switch to synthetic data: numbers from synthetic
 images must not be mistaken for Market-1501 results. The error says how to try the toolkit on
@@ -22,17 +24,23 @@ synthetic data instead (the quickstart).
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from reid.commands._common import clean_errors, config_from_cli
+from reid.data.datasets import FORMATS
 
 if TYPE_CHECKING:
     from reid.data.samples import DatasetSplits
+
+# Every layout `reid prepare --format` accepts, from the one list (reid.data.datasets.FORMATS): a typo is
+# refused by the option itself, naming --format and the choices, and `--help` lists them all.
+FormatChoice = enum.Enum("FormatChoice", {name: name for name in FORMATS}, type=str)  # type: ignore[misc]
 
 QUICKSTART_HINT = ("No dataset at hand? `bash scripts/quickstart.sh` runs the whole pipeline on a small synthetic "
                    "dataset (or `reid synth DIR`, then `reid prepare --root DIR`).")
@@ -57,9 +65,18 @@ def dataset_root(root: Path) -> Path:
     return Path(os.environ.get("DVC_ROOT") or Path.cwd()) / root
 
 
+def statistics_path(manifest: Path) -> Path:
+    """Where the statistics of ``manifest`` go: ``statistics.json`` beside ``manifest.json`` (the pipeline's
+    metrics file), ``<stem>.statistics.json`` beside any other name, so that several datasets prepared
+    into one folder (``-o data.manifest=prep/duke.json``, ``prep/veri.json``) keep their own."""
+    manifest = Path(manifest)
+    name = "statistics.json" if manifest.name == "manifest.json" else f"{manifest.stem}.statistics.json"
+    return manifest.parent / name
+
+
 def _drop_corrupt(splits: "DatasetSplits", policy: str, threads: int) -> list[str]:
     """Decode every image; with ``skip`` remove the corrupt ones from ``splits`` and return warnings."""
-    from reid.data.images import find_corrupt
+    from reid.data.images import find_corrupt, without_fix
     from reid.data.samples import SPLIT_NAMES
     from reid.errors import CorruptImageError
 
@@ -80,7 +97,7 @@ def _drop_corrupt(splits: "DatasetSplits", policy: str, threads: int) -> list[st
         setattr(splits, name, [s for i, s in enumerate(splits.split(name)) if i not in drop])
         if not splits.split(name):
             raise CorruptImageError(f"every image of the {name} split is corrupt; nothing left to prepare")
-    return [f"skipped corrupt image: {msg}" for msg in messages]
+    return [f"skipped corrupt image: {without_fix(msg)}" for msg in messages]
 
 
 def command(
@@ -91,12 +108,20 @@ def command(
     ] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Dataset folder (overrides data.root).")] = None,
     format: Annotated[
-        Optional[str], typer.Option("--format", help="Dataset layout: market1501, dukemtmc, msmt17, cuhk03, veri776, vehicleid or folder (overrides data.format).")
+        Optional[FormatChoice], typer.Option("--format", help="Dataset layout (overrides data.format); see docs/DATASETS.md.")
     ] = None,
     output: Annotated[Optional[Path], typer.Option("--output", help="Manifest to write (overrides data.manifest).")] = None,
     check_images: Annotated[
         bool, typer.Option("--check-images/--no-check-images", help="Decode every image to find corrupt files (slower).")
     ] = False,
+    target: Annotated[
+        Optional[list[str]], typer.Option("--target", help="Prepare only this cross-domain target of evaluate.targets "
+                                          "(repeatable; default: every target). The others keep their manifests.")
+    ] = None,
+    targets: Annotated[
+        bool, typer.Option("--targets/--no-targets", help="Also (re)prepare the cross-domain targets of evaluate.targets; "
+                           "--no-targets prepares the training data only and leaves targets/ as it is.")
+    ] = True,
 ) -> None:
     """Check the dataset, print its statistics and write the manifest that training and evaluation read."""
     with clean_errors():
@@ -108,15 +133,15 @@ def command(
         if root is not None:
             overrides.append(f"data.root={_yaml_string(str(root))}")
         if format is not None:
-            overrides.append(f"data.format={_yaml_string(format)}")
+            overrides.append(f"data.format={_yaml_string(format.value)}")
         if output is not None:
             overrides.append(f"data.manifest={_yaml_string(str(output))}")
         config = config_from_cli(params, variant, overrides)
         data = config.data
         root_path = dataset_root(data.root)
 
-        def read(fmt: str, folder: Path) -> "DatasetSplits":  # every dataset of the run is read alike
-            return read_dataset(fmt, folder, **reader_options(data))
+        def read(fmt: str, folder: Path, **where: Any) -> "DatasetSplits":  # every dataset of the run is read alike
+            return read_dataset(fmt, folder, **reader_options(data), **where)
 
         try:
             if data.sources:  # joint training: data.format/root are not read
@@ -130,9 +155,11 @@ def command(
                 raise DatasetError(f"{exc}\n{QUICKSTART_HINT}") from None
             raise
         # Cross-domain targets are read now too: a missing one fails here, before any training.
-        from reid.targets import read_target_datasets, read_targets, write_target_manifests
+        from reid.targets import read_target_datasets, read_targets, select_targets, write_target_manifests
 
-        targets = read_target_datasets(read_targets(params), read, dataset_root)
+        declared = read_targets(params)
+        chosen = select_targets(declared, target, targets, str(params))
+        prepared_targets = read_target_datasets(chosen, read, dataset_root)
         warnings = list(splits.warnings)
         if check_images:
             threads = max(1, min(8, os.cpu_count() or 1))
@@ -148,12 +175,14 @@ def command(
         for warning in warnings + dataset_warnings(manifest, data.instances_per_id):
             typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         path = write_manifest(manifest, data.manifest)
-        stats_path = path.parent / "statistics.json"
+        stats_path = statistics_path(path)
         stats: dict[str, object] = {**manifest.statistics, "num_classes": manifest.num_classes}
         stats_path.write_text(json.dumps(stats, indent=2) + "\n")
         typer.echo(f"wrote {path} ({manifest.num_classes} training identities, content hash "
                    f"{manifest.content_hash[:12]}) and {stats_path}")
-        for name, target_path, target_manifest in write_target_manifests(targets, data.manifest):
+        if not targets:
+            return
+        for name, target_path, target_manifest in write_target_manifests(prepared_targets, data.manifest, declared):
             counts = target_manifest.statistics
             typer.echo(f"target {name}: wrote {target_path} ({counts['query']['images']} query / "
                        f"{counts['gallery']['images']} gallery images, content hash {target_manifest.content_hash[:12]})")

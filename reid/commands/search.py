@@ -28,13 +28,15 @@ def command(
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Gallery rows ranked at once (bounds memory).")] = 65536,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N.")] = "auto",
     glob: Annotated[str, typer.Option("--glob", help="Pattern inside query folders.")] = "**/*",
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help="Manifest whose labels mark right and wrong hits "
+                                                     "(default: the one the gallery was extracted with, if any).")] = None,
 ) -> None:
     """Search a gallery by image: top-k with distances, a ranked-list picture, optional same/different threshold."""
     with clean_errors():
         from reid.deploy.contract import check_same_model
         from reid.deploy.embedder import load_model
         from reid.deploy.gallery import load_features, same_flags, topk_search
-        from reid.deploy.inputs import collect_images, labels_from_name
+        from reid.deploy.inputs import collect_images, labels_for, manifest_labels
         from reid.deploy.export import check_writable
         from reid.engine.device import resolve_device
         from reid.evaluation.plots import ranked_list_figure
@@ -52,18 +54,23 @@ def command(
         qf = embedder.embed(paths, normalize=ff.normalized)
         dist, idx = topk_search(qf, ff.features, top_k, cosine=ff.normalized, chunk_size=chunk_size,
                                 device=resolve_device(device))
-        q_pids = [labels_from_name(p)[0] for p in paths]
+        labels_from = manifest or (Path(ff.metadata["labels_manifest"]) if ff.metadata.get("labels_manifest") else None)
+        q_labels = labels_for(paths, manifest_labels(labels_from) if labels_from is not None else None)
+        q_pids = [pid for pid, _ in q_labels]
         flags, legend = same_flags(dist, idx, threshold, q_pids, ff.pids)
         rows = []
         for qi, path in enumerate(paths):
-            typer.echo(f"query {path}")
+            typer.echo(f"query {path}" + (f"  (id {q_pids[qi]})" if q_pids[qi] >= 0 else ""))
             hits = []
             for rank, (d, gi) in enumerate(zip(dist[qi], idx[qi]), start=1):
                 verdict = "" if threshold is None else ("  same" if d <= threshold else "  different")
-                typer.echo(f"  {rank:3d}. {d:.4f}  {ff.paths[gi]}{verdict}")
-                hits.append({"rank": rank, "distance": float(d), "path": ff.paths[gi], "index": int(gi),
+                pid = int(ff.pids[gi])
+                match = "" if pid < 0 or q_pids[qi] < 0 else ("  right" if pid == q_pids[qi] else "  wrong")
+                typer.echo(f"  {rank:3d}. {d:.4f}  {ff.paths[gi]}{verdict}{match}")
+                hits.append({"rank": rank, "distance": float(d), "path": ff.paths[gi], "index": int(gi), "pid": pid,
+                             **({"same_identity": pid == q_pids[qi]} if pid >= 0 and q_pids[qi] >= 0 else {}),
                              **({"same": bool(d <= threshold)} if threshold is not None else {})})
-            rows.append({"query": path, "results": hits})
+            rows.append({"query": path, "pid": q_pids[qi], "camid": q_labels[qi][1], "results": hits})
         picture = ranked_list_figure(paths, [[ff.paths[j] for j in row] for row in idx], None, flags, output)
         typer.echo(f"distance: {ff.distance}; picture: {picture} ({legend})")
         if results is not None:

@@ -2,7 +2,7 @@
 
 Relative tracking paths (``sqlite:///mlflow.db``, ``mlruns``) are anchored at ``DVC_ROOT`` inside a
 DVC stage, else at the working directory, like every relative path of the parameters and like
-``reid ui`` and ``reid evaluate`` (README, "Parameters").
+``reid ui`` and ``reid evaluate`` (docs/PARAMETERS.md, "Relative paths").
 
 Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss),
 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
@@ -14,30 +14,66 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from reid.commands._common import clean_errors, config_from_cli
+from reid.commands._common import clean_errors, command_line, config_from_cli
+
+if TYPE_CHECKING:
+    from reid.config import Config
 
 
 def interrupted_message(reason: str, last: Path, params: Path, variant: str | None, resume: bool,
-                        started: float) -> str:
+                        started: float, overrides: list[str] | None = None, run_name: str | None = None) -> str:
     """What to tell the user after Ctrl-C / SIGTERM: only claim ``last.pt`` holds an epoch when it does.
 
-    ``last.pt`` belongs to this run when it was resumed from or written after ``started``; a file
-    older than that is a previous run's (it is overwritten at the end of this run's first epoch).
+    ``last.pt`` belongs to this run when it was resumed from or written after ``started`` (less the
+    file system's timestamp grain); a file older than that is a previous run's (it is overwritten at
+    the end of this run's first epoch). The command to run again carries every ``-o`` override and the
+    run name, so that, pasted, it continues this run and not the one in the default folder.
     """
+    from reid.commands._common import command_line
     from reid.engine.checkpoint import read_entry
 
-    again = f"reid train --params {params}{f' --variant {variant}' if variant else ''}"
-    ours = last.is_file() and (resume or last.stat().st_mtime >= started)
+    again = command_line("train", params, variant, overrides, run_name)
+    ours = last.is_file() and (resume or last.stat().st_mtime >= started - MTIME_GRAIN_S)
     epoch = read_entry(last, "epoch") if ours else None
     if epoch is None:
         older = f" ({last} is from an earlier run)" if last.is_file() else ""
         return (f"interrupted ({reason}) before the first epoch was completed: no checkpoint of this run was "
                 f"written{older}, so there is nothing to resume. Start again with: {again}")
     return f"interrupted ({reason}); {last} holds epoch {epoch}. Continue with: {again} --resume"
+
+
+MTIME_GRAIN_S = 0.05  # file modification times lag time.time() by up to a kernel tick
+
+
+def identity_tags(params: Path, variant: str | None, overrides: list[str], run_name: str | None,
+             config: "Config") -> dict[str, str]:
+    """MLflow tags that say what the run is when its ``-o`` overrides make it another model.
+
+    The ``variant`` tag names the params variant (``baseline`` for the base) only while the run *is*
+    that configuration: overrides of evaluation, tracking, paths or the device keep it
+    (:func:`reid.engine.resume.recipe_differences`). Otherwise the tag is the run name (``--run-name``
+    or ``tracking.run_name``), else ``<variant>+<key>=<value>,...``, and ``reid.overrides`` lists the
+    changes: ``reid compare`` finds a model's run by this tag, and an untrained reference run or an
+    exploration with ten epochs must not pass for the pipeline's model.
+    """
+    from reid.commands._common import config_from_cli
+    from reid.engine.resume import recipe_differences
+
+    if not overrides:
+        return {}
+    base = config_from_cli(params, variant, None)
+    changed = recipe_differences(base.model_dump(mode="json"), config.model_dump(mode="json"))
+    if not changed:
+        return {}
+    name = variant or "baseline"
+    given = run_name or config.tracking.run_name
+    listed = ",".join(f"{key}={new}" for key, (_, new) in changed.items())
+    label = given if given and given != name else f"{name}+{listed}"
+    return {"variant": label[:250], "reid.based_on": name, "reid.overrides": listed}
 
 
 def command(
@@ -68,27 +104,33 @@ def command(
 
         # Loaded here so that a missing manifest names the params file this command was given.
         manifest = load_manifest(config.data.manifest, params, variant)
+        overrides = list(override or [])
+        tags = identity_tags(params, variant, overrides, run_name, config)
         started = time.time()
         try:
             result = train(config, manifest, resume=resume, variant=variant, run_name=run_name,
-                           tracking_base=project_base(params))
+                           tracking_base=project_base(params), tags=tags,
+                           resume_command=command_line("train", params, variant, overrides, run_name, "--resume"))
         except KeyboardInterrupt as exc:
             code = 143 if isinstance(exc, Terminated) else 130
             last = Path(config.train.output_dir) / LAST_CHECKPOINT
-            typer.secho(interrupted_message(str(exc) or "Ctrl-C", last, params, variant, resume, started),
+            typer.secho(interrupted_message(str(exc) or "Ctrl-C", last, params, variant, resume, started,
+                                            overrides, run_name),
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=code) from None
 
     metrics = result.metrics
-    shown = "  ".join(f"{k} {metrics[k]:.4f}" for k in ("mAP", "rank1", "rank5", "mINP") if isinstance(metrics.get(k), float))
-    typer.echo(f"finished {result.epochs} epoch(s), {result.global_step} steps: {shown}")
+    # Percent, as `reid evaluate` and the epoch lines print it (metrics.json keeps fractions).
+    shown = "  ".join(f"{k} {100 * metrics[k]:.1f}" for k in ("mAP", "rank1", "rank5", "mINP")
+                      if isinstance(metrics.get(k), float))
+    typer.echo(f"finished {result.epochs} epoch(s), {result.global_step} steps: {shown} (percent)")
     typer.echo(f"model (last epoch): {result.last_checkpoint}")
     if result.best_checkpoint is not None:
-        typer.echo(f"best validation mAP {result.best_metric:.4f} at epoch {result.best_epoch} "
+        typer.echo(f"best validation mAP {100 * result.best_metric:.1f} at epoch {result.best_epoch} "
                    f"(eval.val_ids held-out identities): {result.best_checkpoint}")
     typer.echo(f"metrics: {result.metrics_path}   config: {result.config_path}")
     if result.mlflow_run_id:
         typer.echo(f"MLflow run: {result.mlflow_run_id} (experiment {config.tracking.experiment!r}); "
-                   f"see it with: reid ui --params {params}")
+                   f"see it with: {command_line('ui', params)}")
     else:
         typer.echo("MLflow tracking is off (tracking.enabled=false)")

@@ -8,6 +8,7 @@ cameras of :class:`~reid.data.samples.Sample` lists (no pixels), so it costs mil
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from typing import Any, Sequence
@@ -15,7 +16,9 @@ from typing import Any, Sequence
 from reid.data.samples import Sample
 
 CAMERA_DOCS = "docs/DATASETS.md (`folder`: camera tokens)"
-_CAMERA_LIKE = re.compile(r"\d")  # cam1, c3, 01: a camera label carries a number
+_CAMERA_LIKE = re.compile(r"\d")  # cam1, c3, 01: a token with a number may be a camera whatever else
+# A camera-like token later in a file name (``..._cam1.jpg``, ``..._c3_...``): the camera is misplaced.
+_CAMERA_TOKEN = re.compile(r"(?i)(?:^|[_.-])(?:cam(?:era)?[_-]?\d+|c\d{1,3})(?=[_.-]|$)")
 
 
 def cross_camera_valid_queries(query: Sequence[Sample], gallery: Sequence[Sample]) -> int:
@@ -54,23 +57,44 @@ def camera_advice(num_cameras: int, num_ids: int) -> str:
             f"(count same-camera matches); {rename}")
 
 
-def folder_camera_warnings(camera_names: Sequence[str], num_ids: int) -> list[str]:
-    """Warnings about the camera labels of a ``folder`` dataset (the text before the first ``_``)."""
+def folder_camera_warnings(entries: Sequence[tuple[str, str, str]], num_ids: int) -> list[str]:
+    """Warnings about the camera labels of a ``folder`` dataset: ``entries`` are its ``(path, identity,
+    camera)`` triples, the camera being the text before the first ``_`` of the file name.
+
+    Any consistent token is a camera (``cam1``, ``c3``, ``camA``, ``left``, ``north``): public sets name
+    their cameras freely. Only a real problem is flagged: a token without a camera number whose file
+    names carry a camera-like token *after* it (``car_0001_cam1.jpg``: the camera is in the wrong place),
+    and as many cameras as identities (the token is an identity or a running number).
+    """
     out = []
-    odd = [c for c in camera_names if not _CAMERA_LIKE.search(c)]
-    if odd:
+    misplaced: dict[str, str] = {}
+    for path, _, camera in entries:
+        if camera in misplaced or _CAMERA_LIKE.search(camera):
+            continue
+        rest = os.path.basename(path).partition("_")[2]
+        if _CAMERA_TOKEN.search(rest):
+            misplaced[camera] = os.path.basename(path)
+    if misplaced:
+        odd = sorted(misplaced)
         shown = ", ".join(repr(c) for c in odd[:5]) + (" ..." if len(odd) > 5 else "")
-        out.append(f"camera label(s) {shown} do not look like cameras (no number): the camera is the text before "
-                   f"the first `_` of each file name; rename files such as `car_0001_cam1.jpg` to "
-                   f"`cam1_car_0001.jpg`; see {CAMERA_DOCS}")
-    if camera_count_implausible(len(camera_names), num_ids):
-        out.append(f"{len(camera_names)} cameras for {num_ids} identities is implausible: check that the text "
+        example = misplaced[odd[0]]
+        out.append(f"camera label(s) {shown} do not look like cameras: the camera is the text before the first `_` "
+                   f"of each file name, and names such as {example} carry a camera later; rename them so that the "
+                   f"camera comes first (`car_0001_cam1.jpg` -> `cam1_car_0001.jpg`); see {CAMERA_DOCS}")
+    cameras = {camera for _, _, camera in entries}
+    if camera_count_implausible(len(cameras), num_ids):
+        out.append(f"{len(cameras)} cameras for {num_ids} identities is implausible: check that the text "
                    f"before the first `_` of each file name is the camera; see {CAMERA_DOCS}")
     return out
 
 
 def _advice(samples: Sequence[Sample]) -> str:
     return camera_advice(len({s.camid for s in samples}), len({s.pid for s in samples if s.pid > 0}))
+
+
+def query_identities_absent_from_gallery(query: Sequence[Sample], gallery: Sequence[Sample]) -> set[int]:
+    """The query identities with no gallery image at all: their queries can never be scored."""
+    return {q.pid for q in query} - {g.pid for g in gallery}
 
 
 def undersized_identities(train: Sequence[Sample], k: int) -> int:
@@ -94,6 +118,12 @@ def dataset_warnings(manifest: Any, instances_per_id: int) -> list[str]:
                    f"(eval.cross_camera=true) would skip every query; {_advice(query + gallery)}")
     elif len(test_cams) == 1:
         out.append("query and gallery share a single camera; the cross-camera protocol needs several")
+    absent = query_identities_absent_from_gallery(query, gallery)
+    if absent and len(absent) < len({q.pid for q in query}):
+        queries = [q for q in query if q.pid in absent]
+        out.append(f"{len(absent)} query identit{'y has' if len(absent) == 1 else 'ies have'} no image in the gallery "
+                   f"({len(queries)} quer{'y' if len(queries) == 1 else 'ies'}, e.g. {queries[0].path}): evaluation "
+                   "will skip these queries; add their gallery images, or move them out of the query split")
     few = undersized_identities(manifest.train, instances_per_id)
     if few:
         out.append(f"{few} training identit{'y has' if few == 1 else 'ies have'} fewer than "

@@ -22,11 +22,15 @@ names it, because skipping it would silently change the dataset.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from reid.data.checks import folder_camera_warnings
+from reid.data.layouts import (DUKEMTMC, MARKET1501, SYNTH_HINT, VERI776, DatasetKeys, NamedLayout,
+                               empty_split_error, ignored_warning, is_image_name, read_named_split,
+                               unsupported_images, unsupported_note, visible_files)
+from reid.data.pack import read_pack
+from reid.data.readers import read_benchmark
 from reid.data.samples import NO_CAMERA, SPLIT_NAMES, DatasetSplits, Sample
 from reid.errors import DatasetError
 
@@ -35,62 +39,14 @@ DatasetFormat = Literal["market1501", "veri776", "folder", "pack",  # pack: see 
 FORMATS: tuple[str, ...] = get_args(DatasetFormat)
 LIST_FORMATS: tuple[str, ...] = ("cuhk03", "msmt17", "vehicleid")  # read by reid.data.readers
 CAMERA_MODES: tuple[str, ...] = ("auto", "none")  # data.cameras
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 DISTRACTOR_FOLDER = "_distractors"  # folder format: gallery-only images of nobody (pid 0)
-SYNTH_HINT = "to try the toolkit without it, generate a synthetic Market-format dataset with `reid synth DIR`"
-
-_EXT = r"(?:\.(?:jpe?g|png))+"  # one or more image extensions: Market's ``.jpg.jpg`` files must parse
-
-
-@dataclass(frozen=True)
-class _NamedLayout:
-    """A dataset whose identity and camera are encoded in the file name (Market-1501, VeRi-776)."""
-
-    title: str
-    folders: dict[str, str]  # split -> folder under the root
-    pattern: re.Pattern[str]  # group 1: identity, group 2: camera
-    pattern_text: str
-    example: str
-
-    def describe(self, root: str) -> str:
-        folders = ", ".join(f"{f}/" for f in self.folders.values())
-        return (f"{self.title} layout: {folders} inside {root}, holding files named {self.pattern_text} "
-                f"(e.g. {self.example})")
-
-
-MARKET1501 = _NamedLayout(
-    title="Market-1501",
-    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-    pattern=re.compile(rf"^(-?\d+)_c(\d+)s\d+_\d+_\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="PPPP_cCsS_FFFFFF_BB.jpg",
-    example="0002_c1s1_000451_03.jpg",
-)
-VERI776 = _NamedLayout(
-    title="VeRi-776",
-    folders={"train": "image_train", "query": "image_query", "gallery": "image_test"},
-    pattern=re.compile(rf"^(-?\d+)_c(\d+)_\d+_\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="VVVV_cCCC_FFFFFFFF_N.jpg",
-    example="0002_c002_00030600_0.jpg",
-)
-DUKEMTMC = _NamedLayout(
-    title="DukeMTMC-reID",
-    folders={"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"},
-    pattern=re.compile(rf"^(-?\d+)_c(\d+)_f\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="PPPP_cC_fFFFFFFF.jpg",
-    example="0001_c2_f0046182.jpg",
-)
 FOLDER_SPLITS: dict[str, str] = {"train": "train", "query": "query", "gallery": "gallery"}
-_NAMED: dict[str, _NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776, "dukemtmc": DUKEMTMC}
-
-
-def is_image_name(name: str) -> bool:
-    """True for a visible file whose name ends in an image extension (the files a dataset is made of)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+_NAMED: dict[str, NamedLayout] = {"market1501": MARKET1501, "veri776": VERI776, "dukemtmc": DUKEMTMC}
 
 
 def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool = False, *, cameras: str = "auto",
                  cuhk03_variant: str = "detected", msmt17_use_val: bool = True,
-                 vehicleid_test_size: int = 800) -> DatasetSplits:
+                 vehicleid_test_size: int = 800, evaluation_only: bool = False, source: str = "data") -> DatasetSplits:
     """Read ``root`` in the given layout; raises :class:`DatasetError` saying what is wrong and how to fix it.
 
     ``allow_id_overlap`` (``data.allow_id_overlap``, folder layout): accept an identity folder name that
@@ -99,36 +55,43 @@ def read_dataset(format: DatasetFormat, root: Path | str, allow_id_overlap: bool
     no ``<camera>_`` prefix, every camid becomes -1 and evaluation drops the same-camera rule. The other
     keywords are the ``data.*`` options of the list-based benchmarks (:mod:`reid.data.readers`);
     :func:`reader_options` takes them all from a ``DataConfig``.
+
+    ``evaluation_only`` (a cross-domain target): the train split may be missing or empty, only query and
+    gallery need images. ``source`` is the parameter section the root and format come from, named in
+    the errors (``data``, or ``evaluate.targets[<name>]``).
     """
     if format not in FORMATS:
-        raise DatasetError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)} (data.format)")
+        raise DatasetError(f"unknown dataset format {format!r}; expected one of {', '.join(FORMATS)} ({source}.format)")
     if cameras not in CAMERA_MODES:
         raise DatasetError(f"unknown camera mode {cameras!r} (data.cameras); expected auto or none")
     root_str = os.path.abspath(os.path.expanduser(str(root)))
     if format in LIST_FORMATS:
-        from reid.data.readers import read_benchmark
-
         splits = read_benchmark(format, root_str, cuhk03_variant=cuhk03_variant, msmt17_use_val=msmt17_use_val,
                                 vehicleid_test_size=vehicleid_test_size)
         return _with_cameras(splits, cameras)
     if format == "pack":  # one file holding the three splits, already filtered like market1501
-        from reid.data.pack import read_pack
-
         return read_pack(root_str)
-    _check_root(format, root_str)
+    keys = DatasetKeys(source, evaluation_only)
+    _check_root(format, root_str, keys)
     if format == "folder":
-        return _with_cameras(_read_folder(root_str, allow_id_overlap, cameras == "none"), cameras)
+        return _with_cameras(_read_folder(root_str, allow_id_overlap, cameras == "none", keys), cameras)
     layout = _NAMED[format]
     splits: dict[str, list[Sample]] = {}
     notes: list[str] = []
+    warnings: list[str] = []
     for split, folder in layout.folders.items():
-        samples, junk = _read_named_split(layout, root_str, split, folder, format)
+        if keys.optional(split, os.path.join(root_str, folder)):
+            splits[split] = []
+            continue
+        samples, junk, ignored = read_named_split(layout, root_str, split, folder, format, keys)
         splits[split] = samples
         if junk:
             notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
+        if ignored:
+            warnings.append(ignored_warning(f"{split} ({folder}/)", ignored))
     name = os.path.basename(root_str) or layout.title
     read = DatasetSplits(name=name, train=splits["train"], query=splits["query"], gallery=splits["gallery"],
-                         format=format, root=root_str, notes=notes)
+                         format=format, root=root_str, notes=notes, warnings=warnings)
     return _with_cameras(read, cameras)
 
 
@@ -158,7 +121,7 @@ def _expected(format: str, root: str) -> str:
     return _NAMED[format].describe(root)
 
 
-def _layout_guess(root: str, format: str) -> str:
+def _layout_guess(root: str, format: str, keys: DatasetKeys) -> str:
     """A hint when ``root`` holds another known layout, or when the dataset sits one folder deeper."""
     layouts = {**{k: set(v.folders.values()) for k, v in _NAMED.items()}, "folder": set(FOLDER_SPLITS.values())}
     try:
@@ -167,7 +130,7 @@ def _layout_guess(root: str, format: str) -> str:
         return ""
     for other, folders in layouts.items():
         if other != format and folders <= entries:
-            return f" It looks like a {other} dataset: set data.format={other} (or `reid prepare --format {other}`)."
+            return f" It looks like a {other} dataset: {keys.format_fix(other)}."
     wanted = layouts[format]
     for sub in sorted(entries):
         try:
@@ -175,75 +138,33 @@ def _layout_guess(root: str, format: str) -> str:
         except OSError:
             continue
         if wanted <= inner:
-            return f" The dataset seems to be one level down: set data.root={os.path.join(root, sub)}."
+            return f" The dataset seems to be one level down: set {keys.source}.root={os.path.join(root, sub)}."
     return ""
 
 
-def _check_root(format: str, root: str) -> None:
+def _check_root(format: str, root: str, keys: DatasetKeys) -> None:
     if not os.path.exists(root):
         raise DatasetError(
-            f"dataset root {root} does not exist. Expected the {_expected(format, root)}. "
-            f"Set data.root in params.yaml (or `reid prepare --root PATH`) to your copy; {SYNTH_HINT}.")
+            f"dataset root {root} does not exist ({keys.source}.root). Expected the {_expected(format, root)}. "
+            f"{keys.root_fix}.")
     if not os.path.isdir(root):
-        raise DatasetError(f"dataset root {root} is a file, not a folder. Expected the {_expected(format, root)}.")
-    folders = _NAMED[format].folders.values() if format in _NAMED else FOLDER_SPLITS.values()
-    missing = [f for f in folders if not os.path.isdir(os.path.join(root, f))]
+        raise DatasetError(f"dataset root {root} is a file, not a folder ({keys.source}.root). "
+                           f"Expected the {_expected(format, root)}.")
+    folders = _NAMED[format].folders if format in _NAMED else FOLDER_SPLITS
+    missing = [f for split, f in folders.items()
+               if not os.path.isdir(os.path.join(root, f)) and not (keys.evaluation_only and split == "train")]
     if missing:
         present = sorted(os.listdir(root))
         shown = ", ".join(present[:12]) + (" ..." if len(present) > 12 else "") if present else "nothing"
         raise DatasetError(
             f"{root} is not in the {format} layout: missing folder(s) {', '.join(missing)} (it holds: {shown}). "
-            f"Expected the {_expected(format, root)}.{_layout_guess(root, format)} "
-            f"Fix data.root / data.format, or {SYNTH_HINT}.")
-
-
-def _visible_files(folder: str) -> list[str]:
-    """File names in ``folder`` (no hidden files, no sub-folders), sorted."""
-    try:
-        with os.scandir(folder) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".") and e.is_file())
-    except OSError as exc:
-        raise DatasetError(f"cannot list {folder}: {exc}") from exc
-
-
-def _empty_split_error(split: str, folder: str, detail: str) -> DatasetError:
-    return DatasetError(f"the {split} split ({folder}) holds no usable images{detail}; "
-                        f"copy the dataset completely (every split needs images), or {SYNTH_HINT}.")
-
-
-# -- Market-1501 and VeRi-776 --------------------------------------------------------------------------
-def _read_named_split(layout: _NamedLayout, root: str, split: str, folder_name: str,
-                      format: str) -> tuple[list[Sample], int]:
-    """Samples of one split (identity -1 dropped) and how many junk images were dropped."""
-    folder = os.path.join(root, folder_name)
-    samples: list[Sample] = []
-    junk = 0
-    images = [n for n in _visible_files(folder) if is_image_name(n)]
-    for name in images:
-        match = layout.pattern.match(name)
-        if match is None:
-            raise DatasetError(
-                f"{os.path.join(folder, name)}: the file name does not follow the {layout.title} pattern "
-                f"{layout.pattern_text} (e.g. {layout.example}); rename or remove the file, or set data.format "
-                f"if this is another layout (current: {format}).")
-        pid, camid = int(match.group(1)), int(match.group(2))
-        if pid == -1:
-            junk += 1
-            continue
-        if pid < -1 or camid < 1:
-            raise DatasetError(f"{os.path.join(folder, name)}: identity {pid} / camera {camid} out of range "
-                               f"(identities are >= 0, or -1 for junk; cameras start at 1)")
-        samples.append(Sample(os.path.join(folder, name), pid, camid))
-    if not samples:
-        detail = " (no image files)"
-        if images:
-            detail = f" ({len(images)} image file(s), {junk} of them junk with identity -1)"
-        raise _empty_split_error(split, folder, detail)
-    return samples, junk
+            f"Expected the {_expected(format, root)}.{_layout_guess(root, format, keys)} "
+            f"Fix {keys.source}.root / {keys.source}.format" + (f", or {SYNTH_HINT}." if keys.source == "data" else "."))
 
 
 # -- generic folder layout -----------------------------------------------------------------------------
-def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = False) -> DatasetSplits:
+def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = False,
+                 keys: DatasetKeys = DatasetKeys()) -> DatasetSplits:
     """``root/<split>/<identity>/<camera>_<anything>.<ext>``; identities and cameras named freely.
 
     Identity folder names are mapped to 1..N in sorted order over all splits (so an identity keeps its
@@ -253,10 +174,14 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
     ``no_cameras`` (``data.cameras=none``) file names are free and carry no camera.
     """
     found: dict[str, list[tuple[str, str, str]]] = {}  # split -> [(path, identity, camera)]
+    ignored: dict[str, list[str]] = {}  # split -> image files of an unsupported type
     for split, folder_name in FOLDER_SPLITS.items():
         folder = os.path.join(root, folder_name)
         entries: list[tuple[str, str, str]] = []
-        for loose in _visible_files(folder):
+        if keys.optional(split, folder):
+            found[split] = entries
+            continue
+        for loose in visible_files(folder):
             if is_image_name(loose):
                 raise DatasetError(
                     f"{os.path.join(folder, loose)}: in the folder layout images go inside one folder per identity, "
@@ -268,7 +193,9 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                 raise DatasetError(f"{os.path.join(folder, identity)}: {DISTRACTOR_FOLDER} (images of nobody) "
                                    f"may only appear in the gallery split")
             id_folder = os.path.join(folder, identity)
-            for name in _visible_files(id_folder):
+            files = visible_files(id_folder)
+            ignored.setdefault(split, []).extend(unsupported_images(files))
+            for name in files:
                 if not is_image_name(name):
                     continue
                 camera, sep, rest = ("", "_", name) if no_cameras else name.partition("_")
@@ -278,7 +205,9 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                         f"<camera>_<anything>.jpg (e.g. cam1_0001.jpg); rename the file")
                 entries.append((os.path.join(id_folder, name), identity, camera))
         if not entries:
-            raise _empty_split_error(split, folder, " (no <identity>/<camera>_<name>.jpg files)")
+            others = ignored.get(split)
+            detail = " (no <identity>/<camera>_<name>.jpg files" + (f"; {unsupported_note(others)})" if others else ")")
+            raise empty_split_error(split, folder, detail, keys)
         found[split] = entries
     if not allow_id_overlap:
         _refuse_id_overlap(root, found)
@@ -291,11 +220,11 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
               for split, entries in found.items()}
     notes = [f"identities: {len(names)} folder names mapped to 1..{len(names)} in sorted order",
              f"cameras: {', '.join(f'{c}={cam_of[c]}' for c in cameras[:12])}{' ...' if len(cameras) > 12 else ''}"]
-    from reid.data.checks import folder_camera_warnings
-
+    warnings = [ignored_warning(f"{split}/", files) for split, files in ignored.items() if files]
+    if not no_cameras:
+        warnings += folder_camera_warnings([e for entries in found.values() for e in entries], len(names))
     return DatasetSplits(name=os.path.basename(root) or "folder", train=splits["train"], query=splits["query"],
-                         gallery=splits["gallery"], format="folder", root=root, notes=notes,
-                         warnings=[] if no_cameras else folder_camera_warnings(cameras, len(names)))
+                         gallery=splits["gallery"], format="folder", root=root, notes=notes, warnings=warnings)
 
 
 def _refuse_id_overlap(root: str, found: dict[str, list[tuple[str, str, str]]]) -> None:

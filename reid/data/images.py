@@ -62,6 +62,12 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def without_fix(message: str) -> str:
+    """A corrupt-image message without the advice to set ``data.corrupt_images=skip``: for the warnings
+    printed when that policy is already on."""
+    return message.replace(f"; {_FIX}", "")
+
+
 def _check_policy(policy: str) -> None:
     if policy not in ("fail", "skip"):
         raise DatasetError(f"data.corrupt_images must be 'fail' or 'skip', got {policy!r}")
@@ -82,7 +88,7 @@ def load_images(samples: Sequence[Sample], policy: CorruptPolicy = "fail") -> tu
         except CorruptImageError as exc:
             if policy == "fail":
                 raise
-            log.warning("skipping corrupt image (data.corrupt_images=skip): %s", exc)
+            log.warning("skipping corrupt image (data.corrupt_images=skip): %s", without_fix(str(exc)))
             continue
         kept.append(index)
     return images, kept
@@ -105,3 +111,26 @@ def find_corrupt(samples: Sequence[Sample], threads: int = 2) -> list[tuple[int,
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="reid-check") as pool:
         results = pool.map(check, range(len(samples)))
         return [r for r in results if r is not None]
+
+
+def check_test_images(manifest: object, policy: str, threads: int | None = None) -> list[str]:
+    """Decode every query and gallery image of ``manifest`` before training (they are few and small).
+
+    Under ``fail`` a corrupt one raises :class:`CorruptImageError` listing every bad file, so the run
+    stops before its first step instead of after its last epoch; under ``skip`` returns one warning per
+    file (evaluation leaves them out). Training images are not decoded here: the loader meets them.
+    """
+    _check_policy(policy)
+    threads = threads or max(1, min(8, os.cpu_count() or 1))
+    bad = [msg for split in ("query", "gallery")
+           for _, msg in find_corrupt(list(getattr(manifest, split)), threads=threads)]
+    if not bad:
+        return []
+    if policy == "skip":
+        return [f"corrupt test image left out of every evaluation (data.corrupt_images=skip): {without_fix(m)}"
+                for m in bad]
+    shown = "\n  ".join(without_fix(m) for m in bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+    raise CorruptImageError(
+        f"{len(bad)} corrupt query/gallery image(s), found before training (data.corrupt_images=fail):\n  {shown}\n"
+        "Nothing was trained. Replace or delete them and rerun `reid prepare`, or set data.corrupt_images=skip "
+        "to leave them out of the evaluation (neither change blocks a later --resume)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -90,19 +91,37 @@ def train_labels_for(train: list[Sample]) -> list[int]:
     return [mapping[s.pid] for s in train]
 
 
+def _sample_line(sample: Sample, root: str) -> bytes:
+    """One sample as hashed: path relative to ``root``, stored size, pid, camid."""
+    try:
+        size = stored_size(sample.path)  # a file's size, or a pack member's
+    except OSError as exc:
+        raise DatasetError(f"{sample.path}: cannot read the file's size ({exc.strerror or exc}); "
+                           f"was the dataset changed while it was being read?") from None
+    rel = Path(os.path.relpath(sample.path, root)).as_posix()
+    return f"{rel}\t{size}\t{sample.pid}\t{sample.camid}\n".encode()
+
+
 def content_hash(splits: DatasetSplits, root: str) -> str:
     """sha256 over (split, path relative to ``root``, size, pid, camid) of every sample, in order."""
     digest = hashlib.sha256(f"reid-manifest-v{MANIFEST_VERSION}\n".encode())
     for split in SPLIT_NAMES:
         digest.update(f"[{split}]\n".encode())
         for sample in splits.split(split):
-            try:
-                size = stored_size(sample.path)  # a file's size, or a pack member's
-            except OSError as exc:
-                raise DatasetError(f"{sample.path}: cannot read the file's size ({exc.strerror or exc}); "
-                                   f"was the dataset changed while it was being read?") from None
-            rel = Path(os.path.relpath(sample.path, root)).as_posix()
-            digest.update(f"{rel}\t{size}\t{sample.pid}\t{sample.camid}\n".encode())
+            digest.update(_sample_line(sample, root))
+    return digest.hexdigest()
+
+
+def training_hash(train: list[Sample], root: str) -> str:
+    """sha256 over the training samples alone (the same lines as :func:`content_hash`).
+
+    What a checkpoint learned from: a manifest re-prepared with another query/gallery (a corrupt test
+    image deleted, a target added) keeps this hash, so ``reid train --resume`` accepts it; one more,
+    one fewer or one relabelled training image changes it. The stored size is read from disk now.
+    """
+    digest = hashlib.sha256(b"reid-train-v1\n")
+    for sample in train:
+        digest.update(_sample_line(sample, root))
     return digest.hexdigest()
 
 
@@ -140,8 +159,8 @@ def load_manifest(path: Path | str, params: Path | str | None = None, variant: s
     """
     path = Path(path)
     if not path.is_file():
-        again = f"reid prepare --params {params if params is not None else 'params.yaml'}"
-        again += f" --variant {variant}" if variant else ""
+        argv = ["reid", "prepare", "--params", str(params if params is not None else "params.yaml")]
+        again = shlex.join(argv + (["--variant", variant] if variant else []))  # a path with a space stays one word
         raise DatasetError(f"manifest {path} not found: run `{again}` first "
                            f"(it reads data.root and writes data.manifest)")
     try:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reid.data.datasets import SYNTH_HINT, _NamedLayout, _read_named_split
+from reid.data.layouts import CUHK03, EXT, MARKET_STYLE_FOLDERS, SYNTH_HINT, ignored_warning, read_named_split
 from reid.data.samples import NO_CAMERA, DatasetSplits, Sample
 from reid.errors import DatasetError
 
@@ -44,17 +44,8 @@ MSMT17_LISTS: dict[str, str] = {"train": "list_train.txt", "val": "list_val.txt"
                                 "query": "list_query.txt", "gallery": "list_gallery.txt"}
 MSMT17_FOLDERS: dict[str, tuple[str, str]] = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
 
-_EXT = r"(?:\.(?:jpe?g|png))+"
-_MARKET_STYLE = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-CUHK03 = _NamedLayout(
-    title="CUHK03-NP",
-    folders=_MARKET_STYLE,
-    pattern=re.compile(rf"^(-?\d+)_c([12])_\d+{_EXT}$", re.IGNORECASE),
-    pattern_text="PPPP_cC_N.png (camera 1 or 2)",
-    example="0001_c1_1.png",
-)
 # 0000_000_01_0303morning_0015_0.jpg: identity, index, camera, date + time of day, frame, box.
-_MSMT17_NAME = re.compile(rf"^(\d+)_\d+_(\d+)_[0-9A-Za-z]+_\d+_\d+{_EXT}$", re.IGNORECASE)
+_MSMT17_NAME = re.compile(rf"^(\d+)_\d+_(\d+)_[0-9A-Za-z]+_\d+_\d+{EXT}$", re.IGNORECASE)
 _MSMT17_EXAMPLE = "0000/0000_000_01_0303morning_0015_0.jpg 0"
 _VEHICLEID_NAME = re.compile(r"^[0-9A-Za-z_-]+$")
 
@@ -171,24 +162,28 @@ def read_cuhk03(root: str, variant: str = "detected") -> DatasetSplits:
     base = os.path.join(root, variant)
     if not os.path.isdir(base):
         deeper = ""
-        if set(_MARKET_STYLE.values()) <= set(os.listdir(root)):
+        if set(MARKET_STYLE_FOLDERS.values()) <= set(os.listdir(root)):
             deeper = (f" {root} itself holds bounding_box_train/: set data.root to the folder above it (the one "
                       f"holding detected/ and labeled/).")
         raise DatasetError(f"{root} has no {variant}/ folder (data.cuhk03_variant={variant}; it holds: "
                            f"{_holds(root)}). Expected {expected}.{deeper}")
-    missing = [f for f in _MARKET_STYLE.values() if not os.path.isdir(os.path.join(base, f))]
+    missing = [f for f in MARKET_STYLE_FOLDERS.values() if not os.path.isdir(os.path.join(base, f))]
     if missing:
         raise DatasetError(f"{base} is not a CUHK03-NP tree: missing folder(s) {', '.join(missing)} "
                            f"(it holds: {_holds(base)}). Expected {expected}.")
     splits: dict[str, list[Sample]] = {}
     notes = [f"CUHK03-NP {variant} boxes (data.cuhk03_variant)"]
+    warnings: list[str] = []
     for split, folder in CUHK03.folders.items():
-        samples, junk = _read_named_split(CUHK03, base, split, folder, "cuhk03")
+        samples, junk, ignored = read_named_split(CUHK03, base, split, folder, "cuhk03")
         splits[split] = samples
         if junk:
             notes.append(f"{split}: dropped {junk} junk image(s) of identity -1")
+        if ignored:
+            warnings.append(ignored_warning(f"{split} ({folder}/)", ignored))
     return DatasetSplits(name=f"{os.path.basename(root) or 'cuhk03'}-{variant}", train=splits["train"],
-                         query=splits["query"], gallery=splits["gallery"], format="cuhk03", root=root, notes=notes)
+                         query=splits["query"], gallery=splits["gallery"], format="cuhk03", root=root, notes=notes,
+                         warnings=warnings)
 
 
 # -- MSMT17 --------------------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ exported file therefore carries, as string key/values (ONNX ``metadata_props``, 
 
 * input: ``input_height`` x ``input_width``, ``channel_order`` RGB, layout NCHW float32, value
   ``(uint8 / 255 - mean) / std`` (``mean``/``std`` as JSON lists); the batch size is free;
+* resize (how a crop of any size gets to ``input_height`` x ``input_width``; a tracker must copy it or
+  accept the difference, :mod:`reid.deploy.resize`): ``resize`` (the method's name,
+  ``bilinear-antialias``), ``resize_interpolation`` bilinear, ``resize_antialias`` true,
+  ``resize_align_corners`` false (half-pixel centres), ``resize_rounding`` (float32 result rounded
+  half-to-even to uint8 before ``/ 255``), ``resize_aspect`` (stretched, aspect ratio not kept, no padding);
 * output: ``embedding_dim`` floats per image, *not* L2-normalised (``output_l2_normalized``: the
   graph is the evaluation's model; the distance normalises, see ``eval_normalize``/``eval_distance``);
 * ``flip``: test-time flip averaging (``eval.flip``) is not in the graph: run the graph on the image
@@ -23,13 +28,27 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from reid.deploy.resize import CONTRACT_RESIZE
 from reid.errors import ReidError
+from reid.version import __version__
 
 FORMAT = "reid-export-v1"
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
 VALUE_RANGE = "uint8 RGB / 255, then (x - mean) / std per channel"
 FLIP_NOTE = "not in the graph: with eval_flip, embed the image and its left-right mirror and sum"
+
+#: The resize of the contract, spelled out (what :func:`reid.data.transforms.resize_uint8` does).
+RESIZE_CONTRACT = {
+    "resize": CONTRACT_RESIZE,
+    "resize_interpolation": "bilinear",
+    "resize_antialias": "true",
+    "resize_align_corners": "false",
+    "resize_rounding": "computed in float32 on the uint8 values, rounded half-to-even and clamped to uint8, then / 255",
+    "resize_aspect": "stretched to input_height x input_width (aspect ratio not kept, no padding)",
+    "resize_reference": "torch.nn.functional.interpolate(x.float(), (H, W), mode='bilinear', align_corners=False, "
+                        "antialias=True).round().clamp(0, 255).to(uint8)",
+}
 
 #: Keys a feature file and a model must agree on to be compared.
 COMPATIBILITY_KEYS = ("embedding_dim", "backbone", "input_height", "input_width", "mean", "std", "data_hash",
@@ -61,8 +80,6 @@ def weights_hash(module: Any) -> str:
 def build_contract(config: Any, embedding_dim: int, *, data_hash: str | None, run_id: str | None,
                    checkpoint: Path | str | None, weights: str) -> dict[str, str]:
     """The metadata of a model trained with ``config`` (a :class:`reid.config.Config`)."""
-    from reid import __version__
-
     return {
         "format": FORMAT,
         "input_name": INPUT_NAME,
@@ -72,6 +89,7 @@ def build_contract(config: Any, embedding_dim: int, *, data_hash: str | None, ru
         "channel_order": "RGB",
         "layout": "NCHW float32",
         "value_range": VALUE_RANGE,
+        **RESIZE_CONTRACT,
         "mean": json.dumps([float(v) for v in config.data.mean]),
         "std": json.dumps([float(v) for v in config.data.std]),
         "embedding_dim": str(int(embedding_dim)),

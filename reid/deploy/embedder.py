@@ -1,13 +1,20 @@
 """``load_model(path)``: embed images with a checkpoint, an ONNX file or a TorchScript file.
 
-Every embedder applies the evaluation's preprocessing (:class:`reid.data.transforms.TestTransform`:
+Every embedder applies the evaluation's preprocessing (as :class:`reid.data.transforms.TestTransform`:
 antialiased bilinear resize of the uint8 image to the model's size, ``/ 255``, mean/std) to whatever it
 is given, then runs the model; with ``flip`` it adds the embedding of the mirrored image, as
 :func:`reid.evaluation.features.extract_features` does. So ``load_model(last.pt).embed(query paths,
 normalize=False)`` is the evaluation's query feature matrix.
 
 Accepted images: paths (decoded by :func:`reid.data.images.decode_image`, the one decoder of the
-toolkit), PIL images, uint8 numpy arrays or tensors in HWC or CHW (or a 4-D batch of either).
+toolkit), PIL images, uint8 numpy arrays or tensors in HWC or CHW (or a 4-D batch of either), of any
+size. Arrays and tensors are RGB unless the caller says ``channel_order="bgr"`` (what OpenCV and the
+trackers hand over: ``frame[y1:y2, x1:x2]`` of a ``cv2.imread`` / video frame); paths and PIL images
+carry their own order and are always read as RGB.
+
+The resize is the contract's (``resize`` in the metadata, :mod:`reid.deploy.resize`);
+``load_model(..., resize="opencv-linear")`` instead resizes as BoxMOT and most trackers do, to
+reproduce their features or measure what their resize costs.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,16 +33,22 @@ from reid.errors import ReidError
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 TS_META_FILE = "reid_metadata.json"
+ChannelOrder = Literal["rgb", "bgr"]
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 
-def to_uint8_chw(image: Any) -> torch.Tensor:
-    """One image as a uint8 ``[3, H, W]`` RGB tensor (see the module docstring for what is accepted)."""
+def to_uint8_chw(image: Any, channel_order: str = "rgb") -> torch.Tensor:
+    """One image as a uint8 ``[3, H, W]`` RGB tensor (see the module docstring for what is accepted);
+    ``channel_order`` says what an array or tensor holds (``bgr`` ones are reversed)."""
     from reid.data.images import decode_image
 
+    if channel_order not in CHANNEL_ORDERS:
+        raise ReidError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
     if isinstance(image, (str, Path)):
         return decode_image(str(image))
     if type(image).__module__.startswith("PIL."):
         image = np.asarray(image.convert("RGB"))
+        channel_order = "rgb"
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
     if not isinstance(image, torch.Tensor):
@@ -47,6 +60,11 @@ def to_uint8_chw(image: Any) -> torch.Tensor:
         image = image.permute(2, 0, 1)
     if image.dim() != 3 or image.shape[0] != 3:
         raise ReidError(f"an image must be [H, W, 3] or [3, H, W] RGB, got shape {tuple(image.shape)}")
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ReidError(f"an image must have at least one pixel, got shape {tuple(image.shape)} (an empty crop: "
+                        "check that the box lies inside the frame)")
+    if channel_order == "bgr":
+        image = image.flip(0)
     return image.contiguous()
 
 
@@ -70,8 +88,9 @@ class Embedder:
 
     kind = "model"
 
-    def __init__(self, source: Path, metadata: dict[str, str], device: torch.device, flip: bool | None) -> None:
-        from reid.data.transforms import TestTransform
+    def __init__(self, source: Path, metadata: dict[str, str], device: torch.device, flip: bool | None,
+                 resize: str | None = None) -> None:
+        from reid.deploy.resize import CONTRACT_RESIZE, check_method
 
         self.source = Path(source)
         self.metadata = require_contract(metadata, source)
@@ -80,8 +99,9 @@ class Embedder:
         self.embedding_dim = int(self.metadata["embedding_dim"])
         self.flip = (self.metadata.get("eval_flip") == "true") if flip is None else bool(flip)
         self.normalize = normalizes(self.metadata)
-        mean, std = mean_std(self.metadata)
-        self.transform = TestTransform(_DataLike(self.input_size, mean, std))
+        self.mean, self.std = mean_std(self.metadata)
+        # Files exported before the resize was written down used the same resize as now.
+        self.resize = check_method(resize or self.metadata.get("resize", CONTRACT_RESIZE))
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
         """The model on a normalised float batch on ``self.device`` -> float32 ``[B, D]``."""
@@ -89,19 +109,24 @@ class Embedder:
 
     def embed_batch(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """Raw embeddings (float32 ``[B, D]``, CPU) of uint8 CHW images, flip included when set."""
-        batch = self.transform([img.to(self.device) for img in images])
+        from reid.data.transforms import normalize
+        from reid.deploy.resize import resize_batch
+
+        batch = normalize(resize_batch([img.to(self.device) for img in images], self.input_size, self.resize),
+                          self.mean, self.std)
         feats = self._run(batch)
         if self.flip:
             feats = feats + self._run(torch.flip(batch, dims=[3]))
         return feats.float().cpu()
 
-    def embed(self, images: Any, batch_size: int = 64, normalize: bool | None = None) -> np.ndarray:
+    def embed(self, images: Any, batch_size: int = 64, normalize: bool | None = None,
+              channel_order: ChannelOrder = "rgb") -> np.ndarray:
         """Embeddings of ``images`` as float32 ``[N, D]``, L2-normalised when ``normalize`` (default
-        :attr:`normalize`), in input order."""
+        :attr:`normalize`), in input order. ``channel_order="bgr"`` for OpenCV crops (module docstring)."""
         items = _as_list(images)
         if not items:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        chunks = [self.embed_batch([to_uint8_chw(x) for x in items[i:i + batch_size]])
+        chunks = [self.embed_batch([to_uint8_chw(x, channel_order) for x in items[i:i + batch_size]])
                   for i in range(0, len(items), batch_size)]
         return finish(torch.cat(chunks), self.normalize if normalize is None else normalize)
 
@@ -134,14 +159,7 @@ class Embedder:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.source}, backbone={self.metadata.get('backbone')}, "
-                f"input_size={self.input_size}, dim={self.embedding_dim}, device={self.device})")
-
-
-class _DataLike:
-    """The fields of ``config.data`` that :class:`TestTransform` reads, from a contract."""
-
-    def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> None:
-        self.height, self.width, self.mean, self.std = size[0], size[1], list(mean), list(std)
+                f"input_size={self.input_size}, dim={self.embedding_dim}, resize={self.resize}, device={self.device})")
 
 
 def finish(feats: torch.Tensor, normalize: bool) -> np.ndarray:
@@ -162,8 +180,8 @@ class TorchEmbedder(Embedder):
     """A ``reid train`` checkpoint or a TorchScript export, run by PyTorch."""
 
     def __init__(self, source: Path, module: Callable[[torch.Tensor], torch.Tensor], metadata: dict[str, str],
-                 device: torch.device, flip: bool | None, kind: str) -> None:
-        super().__init__(source, metadata, device, flip)
+                 device: torch.device, flip: bool | None, kind: str, resize: str | None = None) -> None:
+        super().__init__(source, metadata, device, flip, resize)
         self.module, self.kind = module, kind
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -176,7 +194,7 @@ class OnnxEmbedder(Embedder):
 
     kind = "onnxruntime"
 
-    def __init__(self, source: Path, device: torch.device, flip: bool | None) -> None:
+    def __init__(self, source: Path, device: torch.device, flip: bool | None, resize: str | None = None) -> None:
         ort = import_onnxruntime()
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -191,7 +209,7 @@ class OnnxEmbedder(Embedder):
             raise ReidError(f"{source} is not a loadable ONNX model ({str(exc).splitlines()[0]}); "
                             "export it again with `reid export`") from None
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        super().__init__(source, meta, device, flip)
+        super().__init__(source, meta, device, flip, resize)
         self.input_name = self.session.get_inputs()[0].name
 
     def _run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -224,10 +242,12 @@ def read_torchscript(path: Path, device: torch.device) -> tuple[Any, dict[str, s
     return module.eval(), {str(k): str(v) for k, v in meta.items()}
 
 
-def load_model(path: Path | str, device: str | torch.device = "auto", flip: bool | None = None) -> Embedder:
+def load_model(path: Path | str, device: str | torch.device = "auto", flip: bool | None = None,
+               resize: str | None = None) -> Embedder:
     """An embedder for ``path``: ``.onnx`` (ONNX Runtime), ``.ts``/``.torchscript``/``.jit``
     (TorchScript), anything else a ``reid train`` checkpoint. ``device``: ``auto`` (CUDA, else MPS,
-    else CPU), ``cpu``, ``cuda``, ``cuda:N``; ``flip`` defaults to the model's ``eval.flip``.
+    else CPU), ``cpu``, ``cuda``, ``cuda:N``; ``flip`` defaults to the model's ``eval.flip``; ``resize``
+    to the contract's (``bilinear-antialias``; ``opencv-linear`` resizes as BoxMOT does).
 
     Example::
 
@@ -244,12 +264,12 @@ def load_model(path: Path | str, device: str | torch.device = "auto", flip: bool
     dev = resolve_device(str(device))
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        return OnnxEmbedder(path, dev, flip)
+        return OnnxEmbedder(path, dev, flip, resize)
     if suffix in TORCHSCRIPT_SUFFIXES:
         module, meta = read_torchscript(path, dev)
-        return TorchEmbedder(path, module, meta, dev, flip, kind="torchscript")
+        return TorchEmbedder(path, module, meta, dev, flip, kind="torchscript", resize=resize)
     from reid.deploy.module import load_checkpoint_module
 
     _, module, _, meta = load_checkpoint_module(path, dev)
-    return TorchEmbedder(path, module, meta, dev, flip, kind="pytorch")
+    return TorchEmbedder(path, module, meta, dev, flip, kind="pytorch", resize=resize)
 

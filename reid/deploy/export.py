@@ -37,6 +37,8 @@ from reid.errors import ReidError
 
 ExportFormat = Literal["onnx", "torchscript"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript")
+#: Trackers an export can be made for (``reid export --for``): the file, its sidecar and a load check.
+CONSUMERS: tuple[str, ...] = ("boxmot",)
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 0.9999
 EXAMPLE_BATCH = 2  # traced with 2 images; parity runs other batch sizes
@@ -59,14 +61,25 @@ class ParityReport:
     mean_cosine: float
     tolerance: float
     passed: bool
+    #: ``--for boxmot``: BoxMOT's own backend on the exported file (:func:`reid.deploy.boxmot_compat.load_check`).
+    consumer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
-        return (f"parity {verdict}: {self.num_images} images, PyTorch vs {self.format}: max |diff| "
+        text = (f"parity {verdict}: {self.num_images} images, PyTorch vs {self.format}: max |diff| "
                 f"{self.max_abs_diff:.3g}, min cosine {self.min_cosine:.6f} (tolerance {self.tolerance})")
+        found = self.consumer or {}
+        if "skipped" in found:
+            text += f"\n{found['consumer']} load check skipped: {found['skipped']}"
+        elif "min_cosine_contract_resize" in found:
+            text += (f"\nBoxMOT {found['boxmot_version']} loads it: min cosine vs PyTorch "
+                     f"{found['min_cosine_contract_resize']:.6f} with reid_preprocess='reid_bilinear_antialias', "
+                     f"{found['min_cosine_boxmot_resize']:.6f} with BoxMOT's default resize (cv2 INTER_LINEAR, "
+                     "no antialiasing; see docs/TRACKING.md)")
+        return text
 
 
 def check_writable(path: Path) -> None:
@@ -187,11 +200,15 @@ def parity_images(manifest: Path | str | None, given: Sequence[Path] | None, cou
 def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | str, *,
                       images: Sequence[Any] | None = None, manifest: Path | str | None = None,
                       num_images: int = 32, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
-                      report_path: Path | str | None = None) -> tuple[Path, dict[str, str], ParityReport, Path]:
+                      report_path: Path | str | None = None, for_consumer: str | None = None
+                      ) -> tuple[Path, dict[str, str], ParityReport, Path]:
     """Export ``checkpoint`` and check parity: ``(file, metadata, report, report file)``.
 
     The report is written whatever the outcome; a failed check then raises :class:`ParityError`
-    (the exported file stays for inspection, and the message says so).
+    (the exported file stays for inspection, and the message says so). ``for_consumer="boxmot"``
+    first refuses what BoxMOT cannot use (suffix, normalisation), then writes the sidecar BoxMOT reads
+    (:func:`reid.deploy.boxmot_compat.sidecar_path`) and, when BoxMOT is installed, loads the file with
+    BoxMOT's own backend and compares its features too (``report.consumer``).
     """
     from reid.deploy.embedder import TorchEmbedder, load_model
     from reid.deploy.module import load_checkpoint_module
@@ -200,13 +217,26 @@ def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | 
     check_writable(output)
     report_file = Path(report_path) if report_path else output.with_name(output.stem + ".parity.json")
     check_writable(report_file)
+    if for_consumer is not None and for_consumer not in CONSUMERS:
+        raise ReidError(f"--for {for_consumer!r} is not supported; use one of {', '.join(CONSUMERS)}")
     _, module, config, meta = load_checkpoint_module(checkpoint, "cpu")
+    if for_consumer == "boxmot":
+        from reid.deploy import boxmot_compat
+
+        boxmot_compat.check_exportable(fmt, output, config.data.mean, config.data.std)
     paths = parity_images(manifest or config.data.manifest, images, num_images)
     size = (int(config.data.height), int(config.data.width))
     export_module(module, fmt, output, meta, size, opset)
     exported = load_model(output, device="cpu", flip=False)
     reference = TorchEmbedder(Path(checkpoint), module, meta, torch.device("cpu"), False, kind="pytorch")
     report = parity_check(reference, exported, paths, tolerance)
+    if report.passed and for_consumer == "boxmot":
+        boxmot_compat.write_sidecar(output, exported.metadata, fmt)
+        if boxmot_compat.boxmot_available():
+            report.consumer = boxmot_compat.load_check(output, reference, paths, tolerance)
+            report.passed = bool(report.consumer["passed"])
+        else:
+            report.consumer = {"consumer": "boxmot", "skipped": f"BoxMOT is not installed: {boxmot_compat.INSTALL_HINT}"}
     write_report(report, report_file, exported.metadata)
     if not report.passed:
         raise ParityError(f"{report.summary()}. The export {output} does not reproduce the PyTorch features; "

@@ -121,5 +121,6 @@ def same_flags(distances: np.ndarray, indices: np.ndarray, threshold: float | No
     g = gallery_pids[indices]
     flags = (q == g) & (q >= 0) & (g >= 0)
     if (np.asarray(query_pids) >= 0).any() and (gallery_pids >= 0).any():
-        return flags, "green: same identity (from the file names), red: another identity"
-    return flags, "no identities in the names and no --threshold: every tile is red (unknown)"
+        return flags, "green: same identity (from the manifest or the file names), red: another identity"
+    return flags, ("no identities known (the file names carry none and no manifest lists the files; extract the "
+                   "gallery with --manifest or --split, or pass --manifest) and no --threshold: every tile is red (unknown)")

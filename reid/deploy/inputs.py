@@ -1,7 +1,9 @@
 """Which images to embed: folders (recursive, with a glob), list files, or a manifest split.
 
-Identities and cameras are taken from the file names where they carry them (Market-1501 and VeRi-776
-naming, the parsers of :mod:`reid.data.datasets`), else -1; a manifest split gives its own labels.
+Identities and cameras are taken from a manifest that lists the file (the only source for ``folder``
+data, whose identities are folder names numbered at prepare), else from the file names where they carry
+them (Market-1501 and VeRi-776 naming, the parsers of :mod:`reid.data.datasets`), else -1; a manifest
+split gives its own labels.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import glob as _glob
 from pathlib import Path
 from typing import Sequence
 
-from reid.data.datasets import MARKET1501, VERI776, is_image_name
+from reid.data.layouts import MARKET1501, VERI776, is_image_name
 from reid.errors import ReidError
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -61,6 +63,24 @@ def labels_from_name(path: str) -> tuple[int, int]:
         if match:
             return int(match.group(1)), int(match.group(2))
     return -1, -1
+
+
+def manifest_labels(manifest: Path | str) -> dict[str, tuple[int, int]]:
+    """``{absolute path: (pid, camid)}`` over every split of a manifest: the labels of data whose file
+    names carry none (the ``folder`` layout names identities by folder, mapped to numbers at prepare)."""
+    from reid.data.manifest import load_manifest
+
+    if not Path(manifest).is_file():
+        raise ReidError(f"manifest {manifest} does not exist; run `reid prepare` or give --manifest")
+    loaded = load_manifest(manifest)
+    return {str(Path(s.path).resolve()): (s.pid, s.camid) for split in SPLITS for s in getattr(loaded, split)}
+
+
+def labels_for(paths: Sequence[str], known: dict[str, tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+    """``(pid, camid)`` of each path: from ``known`` (a manifest's labels) when it lists the file, else
+    from the file name (:func:`labels_from_name`), else ``(-1, -1)``."""
+    known = known or {}
+    return [known.get(str(Path(p).resolve())) or labels_from_name(p) for p in paths]
 
 
 def manifest_split(manifest: Path | str, split: str) -> tuple[list[str], list[int], list[int]]:

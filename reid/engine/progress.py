@@ -25,8 +25,8 @@ def format_stats(stats: Mapping[str, float]) -> str:
             parts.append(f"lr {value:.2e}")
         elif name in ("img/s",):
             parts.append(f"{value:.0f} img/s")
-        elif name.startswith("acc"):
-            parts.append(f"{name} {value:.3f}")
+        elif name.startswith("acc"):  # percent, like every accuracy a person reads (metrics files keep fractions)
+            parts.append(f"{name} {100 * value:.1f}%")
         else:
             parts.append(f"{name} {value:.4f}")
     return "  ".join(parts)
@@ -40,7 +40,7 @@ def format_duration(seconds: float) -> str:
 
 
 class EpochProgress:
-    """Progress of one epoch: ``epoch 3/120 [#####.....] 41/202  loss 2.31  acc 0.41  lr 3.50e-04  812 img/s``."""
+    """Progress of one epoch: ``epoch 3/120 [#####.....] 41/202  loss 2.31  acc 41.0%  lr 3.50e-04  812 img/s``."""
 
     def __init__(self, epoch: int, epochs: int, total_steps: int, *, stream: TextIO | None = None,
                  enabled: bool = True, min_interval: float = 0.5, log_every: int | None = None) -> None:

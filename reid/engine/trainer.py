@@ -9,13 +9,17 @@ and after the last, and leaves in ``train.output_dir``:
   exports and distils from it;
 * ``best.pt``, only with a validation split (``eval.val_ids > 0``, :mod:`reid.data.validation`): the
   deployable model of the epoch with the best mAP on the held-out training identities. The evaluations
-  on query / gallery during training are a monitoring curve (MLflow ``curve/*``); choosing an epoch
+  on query / gallery during training are a monitoring curve (MLflow ``eval_epoch/*``); choosing an epoch
   on them would be choosing on the test set, so nothing here does;
 * ``metrics.json``: the final evaluation (the last epoch's) plus, with a validation split,
   ``val_best_mAP``/``best_epoch``, and the run's cost
   (``train_time_s``, ``train_images``, ``train_img_per_s``, ``eval_time_s``, ``evaluations``: summed
   over every epoch, across resumes, so a recorded result says what it took); ``config.yaml``: the
-  resolved configuration.
+  resolved configuration;
+* ``mlflow-record.jsonl`` (tracking on): every MLflow call of the run, written before it is sent. A
+  tracking server that dies mid-run does not stop training (checkpoints are worth more than a live
+  curve); what it missed is sent when it answers again, or later by ``reid log-run <output_dir>``
+  (:mod:`reid.tracking.record`, docs/TEAM.md).
 
 ``train.epochs=0`` trains nothing: the model is built and initialised exactly as for training (same
 seed, same pretrained weights), evaluated as "epoch 0" and tracked like any run, which gives the
@@ -40,10 +44,12 @@ folder happens to hold is how runs get mixed up). Without ``--resume`` an existi
 overwritten by the new run (with a warning). With it:
 
 * the checkpoint must exist, come from the same backbone and class count
-  (:class:`~reid.errors.CheckpointError` otherwise) and the same training data (manifest hash);
+  (:class:`~reid.errors.CheckpointError` otherwise) and the same training samples (a re-prepared
+  manifest with another query/gallery is accepted; the error names the manifest it was trained on);
 * the configuration must be the same except for keys that cannot change the trained weights of the
-  epochs already done (:data:`RESUMABLE_CHANGES`: ``train.epochs``, evaluation, tracking, paths,
-  loader workers, ...); any other difference is a ``CheckpointError`` listing every differing key;
+  epochs already done (:mod:`reid.engine.resume`, the one rule: ``train.epochs``, evaluation, tracking,
+  paths, ``data.corrupt_images``, loader workers, ...); any other difference is a ``CheckpointError``
+  listing every differing key;
 * everything is restored and the run continues in the *same* MLflow run, which is set back to
   RUNNING (a SIGKILLed run could not mark itself) and ends FINISHED.
 
@@ -64,6 +70,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -75,7 +82,7 @@ import torch
 from torch import nn
 
 from reid.atomic import write_text_atomic
-from reid.config import Config, dump_config, flatten
+from reid.config import Config, dump_config
 from reid.engine import distributed as dist_utils
 from reid.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, load_checkpoint, read_entry, save_checkpoint
 from reid.engine.device import (
@@ -98,8 +105,17 @@ from reid.engine.optim import (
     sync_lr,
 )
 from reid.engine.progress import EpochProgress
+from reid.engine.resume import (  # noqa: F401 - the resume rule, re-exported for older imports
+    RESUMABLE_CHANGES,
+    TrainingData,
+    check_resumable,
+    check_same_data,
+    config_differences,
+)
 from reid.errors import CheckpointError, NonFiniteLossError, ReidError
+from reid.evaluation.naming import EPOCH_EVAL_PREFIX
 from reid.tracking.mlflow_tracker import Tracker, run_tags, sigterm_as_interrupt
+from reid.tracking.record import RECORD_FILE
 
 LAST = LAST_CHECKPOINT
 BEST = BEST_CHECKPOINT
@@ -107,18 +123,9 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 SELECTION_METRIC = "mAP"
 #: MLflow prefix of the query/gallery evaluations during training: a curve to watch, never a selection.
-CURVE_PREFIX = "curve/"
+CURVE_PREFIX = EPOCH_EVAL_PREFIX  # "eval_epoch/" (reid.evaluation.naming: one name per quantity)
 #: MLflow prefix of the validation-split evaluations (``eval.val_ids``), the only ones best.pt is chosen on.
 VAL_PREFIX = "val/"
-
-# Dotted keys (or "section." prefixes) that may differ between a checkpoint and the resuming run:
-# they change how long training goes on, where things are written or how it is observed, never
-# what the epochs already trained would have been.
-RESUMABLE_CHANGES: tuple[str, ...] = (
-    "train.epochs", "train.eval_every", "train.log_every_steps", "train.output_dir", "train.device",
-    "train.compile", "data.num_workers", "data.test_batch_size", "data.root", "data.manifest", "data.input_pipeline",
-    "model.pretrained", "model.pretrained_path", "eval.", "tracking.",
-)
 
 
 @dataclass(frozen=True)
@@ -138,67 +145,6 @@ class TrainResult:
     mlflow_run_id: str | None
     resumed_from_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------------
-# Resume checks
-# ------------------------------------------------------------------------------------------------
-def _resumable_key(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """``{dotted key: (saved, current)}`` for every differing key that would change the training."""
-    old, new = flatten(dict(saved)), flatten(dict(current))
-    diffs = {}
-    for key in sorted(set(old) | set(new)):
-        if _resumable_key(key):
-            continue
-        if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            diffs[key] = (old.get(key, "<absent>"), new.get(key, "<absent>"))
-    return diffs
-
-
-REQUIRED_RESUME_KEYS = ("config", "num_classes", "epoch", "global_step", "model", "optimizers", "schedulers")
-
-
-def check_resumable(state: Mapping[str, Any], config: Config, path: Path) -> None:
-    """Refuse a checkpoint that cannot continue this configuration, naming what differs."""
-    missing = [k for k in REQUIRED_RESUME_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path} cannot be resumed: it lacks {', '.join(missing)} "
-            f"(only {LAST} written by `reid train` holds the optimiser and sampler state; {BEST} does not)"
-        )
-    saved = state["config"]
-    saved_backbone = (saved.get("model") or {}).get("backbone")
-    if saved_backbone != config.model.backbone:
-        raise CheckpointError(
-            f"{path} was trained with backbone {saved_backbone!r}, this run uses {config.model.backbone!r}; "
-            "resume with the configuration it was trained with, or start a new run in another train.output_dir"
-        )
-    diffs = config_differences(saved, config.model_dump(mode="json"))
-    if diffs:
-        lines = "\n".join(f"  - {k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diffs.items())
-        raise CheckpointError(
-            f"cannot resume from {path}: the configuration differs in keys that change training:\n{lines}\n"
-            f"Undo these changes to resume (keys that may change: {', '.join(RESUMABLE_CHANGES)}), "
-            "or train without --resume / into another train.output_dir"
-        )
-
-
-def check_same_data(state: Mapping[str, Any], num_classes: int, data_hash: str | None, path: Path) -> None:
-    if int(state["num_classes"]) != int(num_classes):
-        raise CheckpointError(
-            f"{path} has a classifier for {state['num_classes']} identities but the training data has "
-            f"{num_classes}; it belongs to another dataset or manifest"
-        )
-    saved_hash = state.get("data_hash")
-    if saved_hash and data_hash and saved_hash != data_hash:
-        raise CheckpointError(
-            f"{path} was trained on other data (manifest hash {saved_hash[:12]}, now {data_hash[:12]}); "
-            "resume with the manifest it was trained on"
-        )
 
 
 def _load(module: nn.Module, weights: Mapping[str, torch.Tensor], what: str, path: Path) -> None:
@@ -300,7 +246,10 @@ class _Trainer:
     """State of one training run; ``train()`` below is its only entry point."""
 
     def __init__(self, config: Config, manifest: Any, resume: bool, variant: str | None, run_name: str | None,
-                 tracking_base: Path | None, progress: bool, log: Callable[[str], None] | None) -> None:
+                 tracking_base: Path | None, progress: bool, log: Callable[[str], None] | None,
+                 resume_command: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
+        self.resume_command = resume_command
+        self.extra_tags = dict(tags or {})
         self.config = config
         self.manifest_arg = manifest
         self.resume = resume
@@ -361,6 +310,7 @@ class _Trainer:
             # Before the first step: an evaluation that cannot work must not cost a training run.
             # Data without camera ids (manifest.has_cameras false) is scored without the same-camera rule.
             check_evaluable(manifest, cfg.eval.cross_camera and getattr(manifest, "has_cameras", True))
+            self._check_test_images(manifest)
         self.val_manifest = None
         if cfg.eval.val_ids > 0:
             from reid.data.validation import hold_out_identities
@@ -370,10 +320,10 @@ class _Trainer:
             self.say(f"validation split: {cfg.eval.val_ids} training identities held out "
                      f"({len(self.val_manifest.query)} query / {len(self.val_manifest.gallery)} gallery images); "
                      f"{BEST} is chosen on them")
-        num_classes = int(manifest.num_classes)
-        data_hash = getattr(manifest, "content_hash", None)
+        self.training_data = TrainingData.of(manifest, cfg.data.manifest)
         if state is not None:
-            check_same_data(state, num_classes, data_hash, self.last_path)
+            check_same_data(state, self.training_data, self.last_path)
+        num_classes, data_hash = self.training_data.num_classes, self.training_data.content_hash
         self.num_classes, self.data_hash = num_classes, data_hash
 
         self._build(state)
@@ -384,14 +334,18 @@ class _Trainer:
         tags = run_tags(cfg, variant=self.variant, dataset=_dataset_name(manifest, cfg), base=self.tracking_base,
                         extra={"dataset_hash": data_hash, "num_classes": num_classes,
                                "num_train_images": len(manifest.train), "world_size": ctx.world_size,
-                               "device": str(self.device), "amp": self.amp.name})
+                               "device": str(self.device), "amp": self.amp.name, **self.extra_tags})
         resume_run = state.get("mlflow_run_id") if state is not None else None
         run_name = self.run_name or cfg.tracking.run_name or self.variant or self.out.name
+        # Everything sent to MLflow is first written here, so a tracking server lost mid-run loses
+        # nothing: `reid log-run <output_dir>` sends what it missed (reid.tracking.record).
+        tracker.keep_record(self.out / RECORD_FILE, new=state is None)
         with sigterm_as_interrupt(), tracker.start(run_id=resume_run, run_name=run_name, tags=tags):
             self.tracker = tracker
             if tracker.resumed:
                 tracker.set_tags({"reid.resumed_at_epoch": self.start_epoch})
             tracker.log_params(cfg.active_flat())  # inactive feature keys as "-" (Config.active_flat)
+            tracker.log_dataset(manifest, "train")  # the runs table's Dataset column
             tracker.log_artifact(self.config_path)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
@@ -399,10 +353,22 @@ class _Trainer:
             for path in (self.last_path, *([self.best_path] if self.val_manifest is not None else [])):
                 if path.is_file():
                     tracker.log_artifact(path, "checkpoints")
-            if tracker.failures:
+            if tracker.failures and not tracker.offline:
                 self.say(f"warning: {tracker.failures} MLflow logging call(s) failed; see the warnings above")
+        if tracker.offline:
+            self.say(f"warning: MLflow server {tracker.uri} stopped answering during the run; {tracker.unsent} "
+                     f"logging call(s) are only in {self.out / RECORD_FILE}. Once the server is back, log them with: "
+                     f"reid log-run {self.out}")
         dist_utils.barrier(ctx)
         return result
+
+    def _check_test_images(self, manifest: Any) -> None:
+        """Decode the query and gallery images before the first step (reid.data.images.check_test_images):
+        a corrupt one fails now, not after the last epoch; under ``skip`` it is named once here."""
+        from reid.data.images import check_test_images
+
+        for warning in check_test_images(manifest, self.config.data.corrupt_images):
+            self.say(f"warning: {warning}")
 
     def _resume_state(self) -> dict[str, Any] | None:
         if not self.resume:
@@ -560,8 +526,10 @@ class _Trainer:
         """
         self.scheduler.step()
         self._save_last(completed)
+        again = self.resume_command or "reid train --resume (with the same parameters)"
         note = (f"The weights after epoch {completed} are saved in {self.last_path}: evaluate them with "
-                f"`reid evaluate {self.last_path}` or continue with `reid train --resume` once the cause is fixed.")
+                f"`{shlex.join(['reid', 'evaluate', str(self.last_path)])}` or, once the cause is fixed, "
+                f"continue with `{again}`")
         if isinstance(exc, ReidError) and exc.args:
             exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:])
         else:
@@ -688,7 +656,7 @@ class _Trainer:
         """Evaluate on every rank (features are extracted in shards and gathered), track on rank 0.
 
         The query / gallery evaluation is the run's result after the last epoch and a monitoring curve
-        before it (``curve/*``); only the validation split (``eval.val_ids``) chooses ``best.pt``.
+        before it (``eval_epoch/*``); only the validation split (``eval.val_ids``) chooses ``best.pt``.
         Every rank keeps the same metrics and bookkeeping, so the ranks take the same decisions
         afterwards and never wait for each other at different collectives. Under torchrun every rank
         first takes rank 0's buffers (BatchNorm running statistics), so all shards are embedded by one
@@ -717,17 +685,17 @@ class _Trainer:
         self.history.append(entry)
         if not self.ctx.is_main:
             return
-        logged = metrics_for_logging(result, prefix=CURVE_PREFIX)
-        logged[f"{CURVE_PREFIX}eval_time_s"] = time.perf_counter() - started
+        logged = metrics_for_logging(result, prefix=CURVE_PREFIX)  # a curve; eval/* is the reported model's
+        logged["eval_time_s"] = time.perf_counter() - started
         if val is not None:
             logged.update(metrics_for_logging(val, prefix=VAL_PREFIX))
         self.tracker.log_metrics(logged, step=completed)
         note = ""
-        if val is not None:
-            note = (f"  | validation mAP {entry[f'val_{SELECTION_METRIC}']:.4f}"
-                    + (f" (best, saved as {BEST})" if improved else f" (best {self.best_metric:.4f} at epoch {self.best_epoch})"))
-        self.say(f"epoch {completed}: query/gallery mAP {metrics[SELECTION_METRIC]:.4f}  rank1 "
-                 f"{metrics.get('rank1', float('nan')):.4f}  mINP {metrics.get('mINP', float('nan')):.4f}{note}")
+        if val is not None:  # percent, as `reid evaluate` prints it
+            note = (f"  | validation mAP {100 * entry[f'val_{SELECTION_METRIC}']:.1f}"
+                    + (f" (best, saved as {BEST})" if improved
+                       else f" (best {100 * self.best_metric:.1f} at epoch {self.best_epoch})"))
+        self.say(f"epoch {completed}: query/gallery {result.summary()}{note}")
         if result.skipped_report():
             self.say(result.skipped_report())
         if improved:
@@ -748,7 +716,7 @@ class _Trainer:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "metrics": {k: v for k, v in self.last_metrics.items() if isinstance(v, (int, float, str))},
-            "data_hash": self.data_hash,
+            **self.training_data.entries(),  # data_hash, train_data_hash, data_manifest (reid.engine.resume)
             "world_size": self.ctx.world_size,
             "timing": dict(self.timing),
         }
@@ -823,12 +791,17 @@ def _globalise_batch_losses(objective: nn.Module) -> None:
 
 def train(config: Config, manifest: Any = None, resume: bool = False, *, variant: str | None = None,
           run_name: str | None = None, tracking_base: Path | None = None, progress: bool = True,
-          log: Callable[[str], None] | None = None) -> TrainResult:
+          log: Callable[[str], None] | None = None, resume_command: str | None = None,
+          tags: Mapping[str, Any] | None = None) -> TrainResult:
     """Train the model ``config`` describes; see the module docstring for outputs, resume and failures.
 
     ``manifest`` defaults to ``load_manifest(config.data.manifest)``. ``variant`` names the params
     variant for the MLflow ``variant`` tag (``baseline`` when None). ``tracking_base`` anchors relative
     tracking paths when ``DVC_ROOT`` is not set (default: the working directory). ``log`` receives
     the informational lines (default: stderr); ``progress`` switches the per-epoch bar.
+    ``resume_command`` is the shell command that continues this run, named when an evaluation fails
+    (``reid train`` passes it); ``tags`` are MLflow tags that win over the defaults (``reid train``
+    sets ``variant`` for a run whose overrides make it another model).
     """
-    return _Trainer(config, manifest, resume, variant, run_name, tracking_base, progress, log).run()
+    return _Trainer(config, manifest, resume, variant, run_name, tracking_base, progress, log,
+                    resume_command, tags).run()

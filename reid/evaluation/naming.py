@@ -12,6 +12,21 @@ numbers and get names of their own:
 
 The re-ranked prefix is a sibling of ``eval/`` rather than a level below it so that no target name can
 collide with it.
+
+**Metric names in MLflow, one name per quantity** (this module is the one place that defines them):
+
+* ``eval/mAP``, ``eval/rank<k>`` (each of ``eval.ranks``), ``eval/mINP`` (+ query counts): the
+  reported model on its own test split, logged by ``reid evaluate`` into the run that trained it. The
+  headline: what the runs table shows and sorts by (:data:`HEADLINE_METRICS`).
+* ``eval/<target>/...`` and ``eval_rerank/...``: the measurements above.
+* ``eval_epoch/mAP``, ``eval_epoch/rank1``, ...: the evaluation the trainer runs every
+  ``train.eval_every`` epochs on the same split, a curve over epochs (step = epoch). A sibling of
+  ``eval/`` so that the selectors list both next to each other yet never as one name.
+* ``mAP_<variant>`` is logged only for the AP variant that is *not* ``eval.ap_variant`` (e.g.
+  ``eval/mAP_trapezoidal``): the other one is ``mAP`` itself.
+* ``train/*`` (per epoch), ``train_step/*`` (per logged step), ``export/*`` (parity of the export).
+
+Every key sorts under its prefix, so the column and chart selectors list a quantity's names together.
 """
 
 from __future__ import annotations
@@ -22,6 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+#: The reported model on its own test split (``reid evaluate``).
+EVAL_PREFIX = "eval/"
+#: The same split re-ranked (k-reciprocal).
+RERANK_PREFIX = "eval_rerank/"
+#: The trainer's evaluation every ``train.eval_every`` epochs (a curve; step = epoch).
+EPOCH_EVAL_PREFIX = "eval_epoch/"
+#: What a comparison of models shows first, in this order.
+HEADLINE_METRICS: tuple[str, ...] = ("mAP", "rank1", "mINP")
+
+
+def metric_key(quantity: str, prefix: str = EVAL_PREFIX) -> str:
+    """The MLflow key of ``quantity`` (``mAP``, ``rank1``...) under ``prefix``: ``eval/mAP`` by default."""
+    return f"{prefix}{quantity}"
 
 
 def slug(text: str) -> str:
@@ -38,7 +67,7 @@ class EvaluationNames:
 
     @property
     def metric_prefix(self) -> str:
-        root = "eval_rerank/" if self.rerank else "eval/"
+        root = RERANK_PREFIX if self.rerank else EVAL_PREFIX
         return root + (f"{self.target}/" if self.target else "")
 
     @property

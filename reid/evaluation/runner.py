@@ -208,9 +208,14 @@ def write_outputs(
 
 
 def metrics_for_logging(result: EvalResult, prefix: str = "") -> dict[str, float]:
-    """The numeric metrics, as MLflow receives them (``mAP``, ``rank1``..., ``mINP``, query counts)."""
+    """The numeric metrics, as MLflow receives them (``mAP``, ``rank1``..., ``mINP``, query counts).
+
+    ``mAP_<ap_variant>`` is left out: it is ``mAP`` itself, and one quantity gets one name
+    (:mod:`reid.evaluation.naming`); the other AP variant keeps its ``mAP_<variant>`` name.
+    """
+    same_as_map = f"mAP_{result.ap_variant}"
     return {f"{prefix}{k}": float(v) for k, v in result.to_dict().items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != same_as_map}
 
 
 def log_to_mlflow(

@@ -19,6 +19,17 @@ Why a wrapper instead of calling ``mlflow.*`` in the trainer:
 * **Logging never kills training.** After the run has started, a failed metric or artifact upload
   is a warning (counted in :attr:`Tracker.failures`); losing a point of a curve is better than
   losing the run. Opening the run and logging parameters do raise.
+* **A tracking server that goes away costs seconds and loses nothing.** With a local record
+  (:meth:`Tracker.keep_record`, which ``reid train`` sets to ``<output_dir>/mlflow-record.jsonl``)
+  every call is written to the record before it is sent (:mod:`reid.tracking.record`). When a call
+  to an ``http(s)`` server fails and the server no longer answers its health check, the tracker goes
+  *offline*: training goes on, checkpoints are written as usual, calls are only recorded, and every
+  :data:`RECONNECT_INTERVAL_S` one short health check asks whether the server is back; if it is, the
+  tracker sends what the server missed (:func:`reid.tracking.sync.sync_run`) and goes on live.
+  A call that failed while the server still answered is sent again from the record when the run
+  ends. Whatever is still missing at the end is sent later by ``reid log-run <output_dir>``. Each call
+  runs under :func:`reid.tracking.connection.bounded_http`, so a dead server costs a few seconds once
+  instead of MLflow's minutes of retries per call.
 * **Explicit run ids, no global state.** Everything goes through ``MlflowClient`` with this run's id,
   so nothing here starts, ends or switches the process's active fluent run.
 
@@ -43,6 +54,8 @@ from typing import Any, Iterator, Mapping
 
 from reid.config import Config, TrackingConfig
 from reid.errors import TrackingError
+from reid.tracking.connection import bounded_http, is_server_uri
+from reid.tracking.record import RunRecord, file_sha256, read_record
 
 # MLflow's sqlite store trips a sqlalchemy deprecation (``noload``) on every query.
 warnings.filterwarnings("ignore", message=r".*noload.*", category=DeprecationWarning)
@@ -53,6 +66,8 @@ PARAM_VALUE_MAX = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 TAG_VALUE_MAX = 5000
 BATCH = 100  # params/tags per log_batch call (MLflow's limit)
 CHECK_TIMEOUT_S = 5.0
+RECONNECT_INTERVAL_S = 60.0  # how often an offline tracker asks whether its server is back
+PROBE_TIMEOUT_S = 2.0
 
 
 class Terminated(KeyboardInterrupt):
@@ -211,6 +226,18 @@ class Tracker:
         self.resumed = False
         self.failures = 0
         self._client: Any = None
+        self.record: RunRecord | None = None
+        self.offline = False             # the server stopped answering; calls are only recorded
+        self.unsent = 0                  # calls recorded but not sent while offline
+        self.reconnect_interval_s = RECONNECT_INTERVAL_S
+        self._next_probe = 0.0
+        self._missed = False             # a call failed: the record holds what the store lacks
+
+    def keep_record(self, path: Path, new: bool = False) -> None:
+        """Write every call to the record at ``path`` before sending it (``new``: a new run in this
+        folder, the previous record is moved aside); see :mod:`reid.tracking.record`."""
+        if self.enabled:
+            self.record = RunRecord(path, new=new)
 
     # -- opening ---------------------------------------------------------------------------------
     def check(self) -> None:
@@ -218,7 +245,7 @@ class Tracker:
         if not self.enabled:
             return
         check_store(self.uri)
-        if "://" not in str(self.artifact_root):
+        if not is_server_uri(self.uri) and "://" not in str(self.artifact_root):
             _check_writable(self.artifact_root / ".probe", "MLflow artifact root", "Fix tracking.artifact_root.")
 
     def _mlflow_client(self) -> Any:
@@ -237,7 +264,7 @@ class Tracker:
         name = self.tracking.experiment
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            location = (self.artifact_root / _experiment_folder(name)).as_uri()
+            location = self._artifact_location(name)
             try:
                 return client.create_experiment(name, artifact_location=location)
             except MlflowException:
@@ -245,10 +272,23 @@ class Tracker:
                 experiment = client.get_experiment_by_name(name)
                 if experiment is None:
                     raise
+        if is_server_uri(self.uri) and str(experiment.artifact_location).startswith("file:"):
+            warnings.warn(f"MLflow experiment {name!r} on {self.uri} stores artifacts in a folder of the machine "
+                          f"that logs them ({experiment.artifact_location}), not on the server; create a new "
+                          "experiment (tracking.experiment) to keep artifacts on the server", stacklevel=2)
         if experiment.lifecycle_stage == "deleted":
             warnings.warn(f"MLflow experiment {name!r} was deleted; restoring it to log this run", stacklevel=2)
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
+
+    def _artifact_location(self, name: str) -> str | None:
+        """Where a new experiment keeps artifacts: an absolute folder beside a local store; for a
+        tracking server, the server's choice (``None``: its ``--serve-artifacts`` store or
+        ``--default-artifact-root``). A client-side path would put a shared server's artifacts on
+        whichever machine happened to create the experiment, out of reach of every other one."""
+        if is_server_uri(self.uri):
+            return None
+        return (self.artifact_root / _experiment_folder(name)).as_uri()
 
     def start(self, run_id: str | None = None, run_name: str | None = None,
               tags: Mapping[str, str] | None = None) -> "Tracker":
@@ -262,32 +302,45 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         try:
-            client = self._mlflow_client()
-            experiment_id = self.experiment_id()
-            tags = dict(tags or {})
-            if run_id is not None:
-                try:
-                    client.get_run(run_id)
-                except MlflowException:
-                    warnings.warn(f"MLflow run {run_id} of the checkpoint is not in {self.uri}; starting a new run",
-                                  stacklevel=2)
-                    tags["reid.resumed_from_run"] = run_id
-                    run_id = None
-            if run_id is None:
-                from mlflow.tracking.context.registry import resolve_tags
-
-                run = client.create_run(experiment_id, run_name=run_name or self.tracking.run_name,
-                                        tags=resolve_tags(tags))
-                self.run_id = run.info.run_id
-            else:
-                client.update_run(run_id, status="RUNNING")
-                self.run_id = run_id
-                self.resumed = True
-                self.set_tags(tags, strict=True)
+            with bounded_http():
+                self._open(run_id, run_name, tags)
         except MlflowException as exc:
             raise TrackingError(f"cannot open an MLflow run in {self.uri}: {exc}. "
                                 "Disable tracking with -o tracking.enabled=false") from exc
         return self
+
+    def _open(self, run_id: str | None, run_name: str | None, tags: Mapping[str, str] | None) -> None:
+        from mlflow.exceptions import MlflowException
+
+        client = self._mlflow_client()
+        experiment_id = self.experiment_id()
+        tags = dict(tags or {})
+        if run_id is not None:
+            try:
+                client.get_run(run_id)
+            except MlflowException:
+                warnings.warn(f"MLflow run {run_id} of the checkpoint is not in {self.uri}; starting a new run",
+                              stacklevel=3)
+                tags["reid.resumed_from_run"] = run_id
+                run_id = None
+        if run_id is None:
+            from mlflow.tracking.context.registry import resolve_tags
+
+            resolved = resolve_tags(tags)
+            run = client.create_run(experiment_id, run_name=run_name or self.tracking.run_name, tags=resolved)
+            self.run_id = run.info.run_id
+            self._record("open", resumed=False, run_name=run.info.run_name, time=run.info.start_time, tags=resolved,
+                         **self._store_fields())
+        else:
+            client.update_run(run_id, status="RUNNING")
+            self.run_id = run_id
+            self.resumed = True
+            self._record("open", resumed=True, time=int(time.time() * 1000), **self._store_fields())
+            self.set_tags(tags, strict=True)
+
+    def _store_fields(self) -> dict[str, str]:
+        """Where the run lives, for the record: a replay finds (or recreates) it there."""
+        return {"uri": self.uri, "experiment": self.tracking.experiment, "artifact_root": str(self.artifact_root)}
 
     # -- logging ---------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -296,22 +349,28 @@ class Tracker:
         as a ``reid.resume.changed.<key>`` tag ``old -> new`` instead."""
         if not self._active():
             return
-        from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
 
         values = {k: param_value(v) for k, v in params.items()}
         try:
+            self._send_params(values)
+        except MlflowException as exc:
+            raise TrackingError(f"cannot log parameters to MLflow run {self.run_id}: {exc}") from exc
+
+    def _send_params(self, values: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        with bounded_http():
             if self.resumed:
                 existing = self._client.get_run(self.run_id).data.params
                 changed = {k: v for k, v in values.items() if k in existing and existing[k] != v}
                 self.set_tags({f"reid.resume.changed.{k}": f"{existing[k]} -> {v}" for k, v in changed.items()},
                               strict=True)
                 values = {k: v for k, v in values.items() if k not in existing}
+            self._record("params", params=values)
             items = [Param(k, v) for k, v in sorted(values.items())]
             for i in range(0, len(items), BATCH):
                 self._client.log_batch(self.run_id, params=items[i:i + BATCH])
-        except MlflowException as exc:
-            raise TrackingError(f"cannot log parameters to MLflow run {self.run_id}: {exc}") from exc
 
     def set_tags(self, tags: Mapping[str, Any], strict: bool = False) -> None:
         if not self._active() or not tags:
@@ -319,6 +378,7 @@ class Tracker:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)[:TAG_VALUE_MAX]) for k, v in tags.items()]
+        self._record("tags", tags={t.key: t.value for t in items})
         for i in range(0, len(items), BATCH):
             self._guard("tags", lambda: self._client.log_batch(self.run_id, tags=items[i:i + BATCH]), strict)
 
@@ -330,20 +390,38 @@ class Tracker:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
-        self._guard("metrics", lambda: self._client.log_batch(self.run_id, metrics=items))
+        self._record("metrics", step=int(step or 0), timestamp=now, metrics={m.key: m.value for m in items})
+        self._guard(f"metrics of step {int(step or 0)}", lambda: self._client.log_batch(self.run_id, metrics=items))
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Upload one file to the run's artifacts (under ``artifact_path``); warns on failure."""
         if not self._active():
             return
+        if self.record is not None:
+            path = Path(path).resolve()
+            self._record("artifact", path=str(path), artifact_path=artifact_path,
+                         sha256=file_sha256(path) if path.is_file() else None)
         self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def log_dataset(self, manifest: Any, context: str) -> None:
+        """Record ``manifest`` as a dataset input of the run (:mod:`reid.tracking.datasets`); warns on failure."""
+        if not self._active():
+            return
+        from reid.tracking.datasets import log_dataset
+
+        self._guard("dataset input", lambda: log_dataset(self._client, self.run_id, manifest, context))
 
     # -- closing ---------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning)."""
         if not self._active():
             return
-        self._guard(f"status {status}", lambda: self._client.set_terminated(self.run_id, status))
+        now = int(time.time() * 1000)
+        self._record("end", status=status, time=now)
+        self._next_probe = 0.0  # offline: one last look for the server before the run ends
+        self._guard(f"status {status}", lambda: self._client.set_terminated(self.run_id, status, end_time=now))
+        if self._missed and not self.offline and self.record is not None:
+            self._catch_up()  # calls that failed while the server answered: send them now
 
     def close_abandoned(self, run_id: str | None) -> bool:
         """Mark ``run_id`` KILLED if it is still RUNNING; True when it was.
@@ -357,14 +435,15 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         client = self._mlflow_client()
-        try:
-            if client.get_run(run_id).info.status != "RUNNING":
-                return False
-            client.set_tag(run_id, "reid.error", "abandoned: its process ended without closing the run "
-                           "(SIGKILL or a crash), and a new run replaced its checkpoint")
-            client.set_terminated(run_id, "KILLED")
-        except MlflowException:
-            return False  # a run of another store, or already gone
+        with bounded_http():
+            try:
+                if client.get_run(run_id).info.status != "RUNNING":
+                    return False
+                client.set_tag(run_id, "reid.error", "abandoned: its process ended without closing the run "
+                               "(SIGKILL or a crash), and a new run replaced its checkpoint")
+                client.set_terminated(run_id, "KILLED")
+            except MlflowException:
+                return False  # a run of another store, or already gone
         return True
 
     def __enter__(self) -> "Tracker":
@@ -385,19 +464,88 @@ class Tracker:
     def _active(self) -> bool:
         return self.enabled and self.run_id is not None
 
-    def _guard(self, what: str, action: Any, strict: bool = False) -> None:
+    def _record(self, event: str, **fields: Any) -> None:
+        """Append one event to the local record; a record that cannot be written is a warning."""
+        if self.record is None or self.run_id is None:
+            return
         try:
-            action()
+            self.record.write(event, self.run_id, **fields)
+        except OSError as exc:
+            warnings.warn(f"cannot write the MLflow record {self.record.path} ({exc}); what the server misses "
+                          "from now on cannot be replayed", stacklevel=3)
+            self.record = None
+
+    def _guard(self, what: str, action: Any, strict: bool = False) -> None:
+        if self.offline and not strict:
+            self.unsent += 1
+            self._reconnect()  # when the server is back, the record (which holds this call) is sent
+            return
+        try:
+            with bounded_http():
+                action()
         except Exception as exc:  # noqa: BLE001 - tracking must not end a training run
             if strict:
                 raise TrackingError(f"MLflow run {self.run_id}: could not log {what}: {exc}") from exc
             self.failures += 1
+            self._missed = self.record is not None
+            if self.record is not None and is_server_uri(self.uri) and not _answers(self.uri):
+                self._go_offline(what, exc)
+                return
             warnings.warn(f"MLflow: could not log {what} to run {self.run_id}: {exc}", stacklevel=3)
+
+    def _go_offline(self, what: str, exc: BaseException) -> None:
+        self.offline = True
+        self.unsent += 1
+        self._next_probe = time.monotonic() + self.reconnect_interval_s
+        assert self.record is not None
+        warnings.warn(
+            f"MLflow server {self.uri} stopped answering (could not log {what}: {type(exc).__name__}). "
+            f"Training goes on and keeps its checkpoints; every call is kept in {self.record.path}, and the "
+            f"tracker asks every {self.reconnect_interval_s:g} s whether the server is back. What it still misses "
+            f"at the end is logged with: reid log-run {self.record.path.parent}", stacklevel=4)
+
+    def _reconnect(self) -> bool:
+        """While offline: at most every ``reconnect_interval_s``, a short health check; when the
+        server answers, send it everything of this run's record that it lacks, and go on live."""
+        if self.record is None or time.monotonic() < self._next_probe:
+            return False
+        self._next_probe = time.monotonic() + self.reconnect_interval_s
+        if not _answers(self.uri):
+            return False
+        return self._catch_up()
+
+    def _catch_up(self) -> bool:
+        """Send the store what it lacks of this run's record; True when it then holds all of it."""
+        from reid.tracking.sync import sync_run
+
+        assert self.record is not None
+        try:
+            recorded = next(r for r in read_record(self.record.path) if r.run_id == self.run_id)
+            with bounded_http():
+                report = sync_run(self._client, recorded, self.run_id)
+        except Exception as exc:  # noqa: BLE001 - tracking must not end a training run; the record stays
+            warnings.warn(f"MLflow {self.uri}: sending what run {self.run_id} missed failed ({exc}); it stays in "
+                          f"{self.record.path} for `reid log-run {self.record.path.parent}`", stacklevel=4)
+            return False
+        was_offline = self.offline
+        self.offline, self.unsent, self._missed = False, 0, False
+        if was_offline:
+            warnings.warn(f"MLflow server {self.uri} is back: {report.summary()}; logging live again", stacklevel=4)
+        return True
 
     @property
     def run_url_hint(self) -> str:
         """How to look at the run (printed by ``reid train``)."""
         return f"run {self.run_id} in {self.uri} (experiment {self.tracking.experiment!r})"
+
+
+def _answers(uri: str) -> bool:
+    """Whether the tracking server at ``uri`` answers a short health check."""
+    try:
+        check_store(uri, timeout=PROBE_TIMEOUT_S)
+    except TrackingError:
+        return False
+    return True
 
 
 def _quiet_mlflow_loggers() -> None:
