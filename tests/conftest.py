@@ -72,3 +72,18 @@ def tiny_config(tmp_path: Path, synthetic_root: Path):
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "artifact_root": str(tmp_path / "mlruns"),
                      "experiment": "tests"},
     }, "tiny test config")
+
+
+@pytest.fixture()
+def refused_downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """torch hub's downloads fail at once, as without network, and are recorded (their URLs listed)."""
+    from urllib.error import URLError
+
+    calls: list[str] = []
+
+    def refuse(req, *args, **kwargs):
+        calls.append(getattr(req, "full_url", str(req)))
+        raise URLError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "urlopen", refuse)
+    return calls

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -51,17 +50,6 @@ def write_resnet18_weights(torch_home: Path, seed: int = 3) -> tuple[Path, dict[
     return path, state
 
 
-def refuse_network(monkeypatch) -> list[str]:
-    calls: list[str] = []
-
-    def refuse(req, *args, **kwargs):
-        calls.append(getattr(req, "full_url", str(req)))
-        raise URLError("network unreachable (test)")
-
-    monkeypatch.setattr(torch.hub, "urlopen", refuse)
-    return calls
-
-
 def test_reid_train_offline_stops_before_any_work_and_names_the_fixes(tmp_path, tiny_config, synthetic_manifest):
     from reid.data.manifest import write_manifest
 
@@ -84,13 +72,13 @@ def test_reid_train_offline_stops_before_any_work_and_names_the_fixes(tmp_path, 
 
 
 def test_training_starts_from_the_cached_file_without_the_network(tmp_path, tiny_config, synthetic_manifest,
-                                                                  monkeypatch):
+                                                                  monkeypatch, refused_downloads):
     from reid.config import validate
     from reid.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
     from reid.engine.trainer import train
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    calls = refuse_network(monkeypatch)
+    calls = refused_downloads
     _, state = write_resnet18_weights(tmp_path / "torch_home")
     tree = imagenet_tree(tiny_config, tmp_path)
     tree["train"]["epochs"] = 0  # the initial model: exactly what was loaded
@@ -101,11 +89,11 @@ def test_training_starts_from_the_cached_file_without_the_network(tmp_path, tiny
     assert torch.equal(model["backbone.stem.bn1.running_var"], state["bn1.running_var"])
 
 
-def test_weights_fetch_prints_the_cached_file_and_the_folder_to_copy(tmp_path, monkeypatch):
+def test_weights_fetch_prints_the_cached_file_and_the_folder_to_copy(tmp_path, monkeypatch, refused_downloads):
     from reid.cli import app
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    calls = refuse_network(monkeypatch)
+    calls = refused_downloads
     path, _ = write_resnet18_weights(tmp_path / "torch_home")
     result = CliRunner().invoke(app, ["weights", "fetch", "resnet18"])
     assert result.exit_code == 0, result.output
@@ -159,11 +147,10 @@ def test_weights_fetch_downloads_into_the_cache_and_checks_the_hash(tmp_path, mo
     assert result.output.strip().splitlines()[-1] == str(cached.parent)
 
 
-def test_weights_fetch_offline_fails_with_the_fixes(tmp_path, monkeypatch):
+def test_weights_fetch_offline_fails_with_the_fixes(tmp_path, monkeypatch, refused_downloads):
     from reid.cli import app
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    refuse_network(monkeypatch)
     result = CliRunner().invoke(app, ["weights", "fetch", "resnet50_ibn_a"])
     assert result.exit_code == 2
     message = " ".join(result.output.split())

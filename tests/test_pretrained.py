@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import socket
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -37,18 +36,6 @@ def tv_state(name: str = "resnet18", seed: int = 1) -> dict[str, torch.Tensor]:
                 m.running_mean.normal_()
                 m.running_var.uniform_(0.5, 2.0)
     return net.state_dict()
-
-
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Make any download attempt fail at once (and record it) instead of touching the network."""
-    calls: list[str] = []
-
-    def refuse(req, *args, **kwargs):
-        calls.append(getattr(req, "full_url", str(req)))
-        raise URLError("network disabled in tests")
-
-    monkeypatch.setattr(torch.hub, "urlopen", refuse)
-    return calls
 
 
 def model_config(path: Path):
@@ -172,9 +159,9 @@ def test_pretrained_none_does_nothing():
 
 
 # -- pretrained: imagenet --------------------------------------------------------------------------------
-def test_imagenet_without_cache_or_network_fails_fast_and_says_what_to_do(tmp_path, monkeypatch):
+def test_imagenet_without_cache_or_network_fails_fast_and_says_what_to_do(refused_downloads, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    calls = no_network(monkeypatch)
+    calls = refused_downloads
     model = build_model(make_config(), 5)
     expected = tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert imagenet_cache_path("resnet18") == expected
@@ -197,9 +184,9 @@ def test_imagenet_without_cache_or_network_fails_fast_and_says_what_to_do(tmp_pa
     assert not any(expected.parent.glob("*.partial"))
 
 
-def test_imagenet_from_the_cache_needs_no_network(tmp_path, monkeypatch):
+def test_imagenet_from_the_cache_needs_no_network(refused_downloads, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    calls = no_network(monkeypatch)
+    calls = refused_downloads
     state = tv_state("resnet18")
     cached = imagenet_cache_path("resnet18")
     cached.parent.mkdir(parents=True)
@@ -261,9 +248,9 @@ def test_ibn_a_imagenet_weights_are_ibn_nets_release_in_the_hub_cache(tmp_path, 
         "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/resnet50_ibn_a-d9d0bb7b.pth")
 
 
-def test_ibn_a_imagenet_loads_every_ibn_tensor_from_the_hub_cache(tmp_path, monkeypatch):
+def test_ibn_a_imagenet_loads_every_ibn_tensor_from_the_hub_cache(refused_downloads, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    calls = no_network(monkeypatch)
+    calls = refused_downloads
     state = ibn_net_release_state()
     path = write_release_file(tmp_path / "torch_home" / "hub" / "checkpoints", "resnet50_ibn_a", state)
     monkeypatch.setitem(pretrained_module.IBN_A_RELEASES, "resnet50_ibn_a", path.name)
@@ -281,9 +268,9 @@ def test_ibn_a_imagenet_loads_every_ibn_tensor_from_the_hub_cache(tmp_path, monk
         assert torch.equal(own[target], state[key]), key
 
 
-def test_ibn_a_imagenet_offline_fails_naming_the_file_and_the_folder(tmp_path, monkeypatch):
+def test_ibn_a_imagenet_offline_fails_naming_the_file_and_the_folder(refused_downloads, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    calls = no_network(monkeypatch)
+    calls = refused_downloads
     config = make_config(backbone="resnet50_ibn_a", pretrained="imagenet")
     with pytest.raises(CheckpointError) as info:
         load_pretrained(build_model(config, 5), config.model)
@@ -294,9 +281,8 @@ def test_ibn_a_imagenet_offline_fails_naming_the_file_and_the_folder(tmp_path, m
     assert not any(folder.glob("*.partial"))
 
 
-def test_ibn_a_file_in_the_cache_with_another_hash_is_refused(tmp_path, monkeypatch):
+def test_ibn_a_file_in_the_cache_with_another_hash_is_refused(refused_downloads, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    no_network(monkeypatch)
     cached = imagenet_cache_path("resnet50_ibn_a")
     cached.parent.mkdir(parents=True)
     torch.save({"conv1.weight": torch.zeros(1)}, cached)  # not the release: its hash cannot start d9d0bb7b
@@ -321,10 +307,9 @@ def test_plain_weights_into_ibn_a_and_ibn_weights_into_plain_are_refused(tmp_pat
         load_pretrained(build_model(plain_config, 5), plain_config.model)
 
 
-def test_plain_imagenet_file_in_an_ibn_a_cache_slot_is_refused(tmp_path, monkeypatch):
+def test_plain_imagenet_file_in_an_ibn_a_cache_slot_is_refused(refused_downloads, tmp_path, monkeypatch):
     # E.g. torchvision's resnet50 copied under the IBN-a name: the family check fires, not a half load.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    no_network(monkeypatch)
     path = write_release_file(tmp_path / "torch_home" / "hub" / "checkpoints", "resnet50_ibn_a", tv_state("resnet50"))
     monkeypatch.setitem(pretrained_module.IBN_A_RELEASES, "resnet50_ibn_a", path.name)
     config = make_config(backbone="resnet50_ibn_a", pretrained="imagenet")

@@ -158,13 +158,19 @@ def test_backbone_is_frozen_for_the_first_epochs(tiny_config, synthetic_manifest
 
 
 # -- the reported model: the last epoch; a "best" only on held-out training identities -------------------
+def short(tiny_config, *overrides: str):
+    """``tiny_config`` with one step per epoch and the given ``key=value`` overrides."""
+    from reid.config import apply_overrides, validate
+
+    return validate(apply_overrides(tiny_config.model_dump(mode="json"), ["train.max_steps_per_epoch=1", *overrides]))
+
+
 def test_the_run_reports_its_last_epoch_and_selects_nothing_on_query_gallery(tiny_config, synthetic_manifest) -> None:
     """The recipe reports the model of the last epoch. An epoch chosen by query/gallery mAP would be a model
     selected on the test set: no best.pt, no best_* metric, the final metrics are the last evaluation's."""
     from reid.engine.trainer import train
 
-    config = tiny_config.model_copy(deep=True)
-    config.train.max_steps_per_epoch = 1
+    config = short(tiny_config)
     result = train(config, synthetic_manifest, progress=False, log=lambda m: None)
     out = Path(config.train.output_dir)
     assert not (out / "best.pt").exists() and result.best_checkpoint is None and result.best_epoch is None
@@ -177,10 +183,7 @@ def test_a_validation_split_chooses_best_pt_on_held_out_training_identities(tiny
     from reid.engine.checkpoint import load_checkpoint
     from reid.engine.trainer import train
 
-    config = tiny_config.model_copy(deep=True)
-    config.train.max_steps_per_epoch = 1
-    config.train.epochs = 3
-    config.eval.val_ids = 4
+    config = short(tiny_config, "train.epochs=3", "eval.val_ids=4")
     lines: list[str] = []
     result = train(config, synthetic_manifest, progress=False, log=lines.append)
     out = Path(config.train.output_dir)
@@ -221,10 +224,7 @@ def test_hold_out_identities_splits_training_ids_into_a_validation_query_and_gal
 def test_a_run_that_never_leaves_its_warmup_says_so_in_the_log(tiny_config, synthetic_manifest) -> None:
     from reid.engine.trainer import train
 
-    config = tiny_config.model_copy(deep=True)
-    config.train.epochs = 1
-    config.train.max_steps_per_epoch = 1
-    config.optim.warmup_epochs = 3
+    config = short(tiny_config, "train.epochs=1", "optim.warmup_epochs=3")
     lines: list[str] = []
     train(config, synthetic_manifest, progress=False, log=lines.append)
     (warning,) = [line for line in lines if line.startswith("warning:")]

@@ -349,7 +349,8 @@ class _Trainer:
             tracker.log_artifact(self.config_path)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
-            for path in (self.last_path, self.best_path):
+            # The run's model; best.pt only when this run chose one (a file left by an older run is not it).
+            for path in (self.last_path, *([self.best_path] if self.val_manifest is not None else [])):
                 if path.is_file():
                     tracker.log_artifact(path, "checkpoints")
             if tracker.failures and not tracker.offline:
