@@ -390,15 +390,21 @@ def test_max_abs_counts_nan_only_where_both_are_nan() -> None:
 
 
 def test_training_curve_parser_reads_the_trainers_progress_lines() -> None:
+    import numpy as np
+
     from reid.engine.progress import EpochProgress
+    from reid.evaluation.metrics import EvalResult
 
     stream = io.StringIO()
     bar = EpochProgress(2, 5, 10, stream=stream)
     bar.close(10, {"loss": 3.25, "acc": 0.5, "lr": 3.5e-4, "img/s": 812.0})
-    text = stream.getvalue() + "epoch 2: mAP 0.1250  rank1 0.3000  mINP 0.0500 (best)\n"
+    # The trainer's evaluation line is "epoch N: query/gallery " + EvalResult.summary() (percent).
+    result = EvalResult(mAP=0.125, cmc=np.array([0.3, 0.5, 0.6]), mINP=0.05, num_valid_queries=4, num_queries=4,
+                        num_skipped_queries=0, ranks={1: 0.3, 5: 0.6})
+    text = stream.getvalue() + f"epoch 2: query/gallery {result.summary()}\n"
     curve = check_tools.parse_training_log(text)
     assert curve["train"] == [{"epoch": 2, "steps": 10, "loss": 3.25, "acc": 0.5, "lr": 3.5e-4, "img_per_s": 812.0}]
-    assert curve["eval"] == [{"epoch": 2, "mAP": 0.125, "rank1": 0.3, "mINP": 0.05}]
+    assert curve["eval"] == [{"epoch": 2, "mAP": pytest.approx(0.125), "rank1": pytest.approx(0.3), "mINP": pytest.approx(0.05)}]
 
 
 @pytest.mark.slow  # about a minute on an idle 2-core machine: 12 phases, most of them start torch

@@ -373,7 +373,9 @@ def compare_devices(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- curve -------------------------------------------------------------------------------------------
 _EPOCH = re.compile(r"^epoch (\d+)/(\d+) \[[#.]*\] (\d+)/(\d+)\s+(.*)$")
-_EVAL = re.compile(r"epoch (\d+): mAP ([0-9.]+)\s+rank1 ([0-9.]+)\s+mINP ([0-9.]+)")
+# The trainer's evaluation line, in percent as `reid evaluate` prints it (EvalResult.summary()):
+# "epoch 2: query/gallery mAP 12.5 | R1 30.0 | R5 ... | mINP 5.0 (...)".
+_EVAL = re.compile(r"epoch (\d+): query/gallery mAP ([0-9.]+) \| R1 ([0-9.]+) .*?\| mINP ([0-9.]+)")
 
 
 def parse_training_log(text: str) -> dict[str, list[dict[str, float]]]:
@@ -385,17 +387,17 @@ def parse_training_log(text: str) -> dict[str, list[dict[str, float]]]:
         m = _EPOCH.match(line)
         if m and m.group(3) == m.group(4):  # the closing line of an epoch
             row: dict[str, float] = {"epoch": int(m.group(1)), "steps": int(m.group(4))}
-            for key, pattern in (("loss", r"\bloss (\S+)"), ("acc", r"\bacc (\S+)"), ("lr", r"\blr (\S+)"),
+            for key, pattern in (("loss", r"\bloss (\S+)"), ("acc", r"\bacc ([0-9.]+)%"), ("lr", r"\blr (\S+)"),
                                  ("img_per_s", r"(\d+) img/s")):
                 found = re.search(pattern, m.group(5))
-                if found:
-                    row[key] = float(found.group(1))
+                if found:  # the bar shows acc in percent; the curve keeps fractions, as metrics.json does
+                    row[key] = float(found.group(1)) / (100 if key == "acc" else 1)
             epochs[row["epoch"]] = row  # a replayed (resumed) epoch keeps its last line
             continue
         e = _EVAL.search(line)
         if e:
-            evals.append({"epoch": int(e.group(1)), "mAP": float(e.group(2)), "rank1": float(e.group(3)),
-                          "mINP": float(e.group(4))})
+            evals.append({"epoch": int(e.group(1)), "mAP": float(e.group(2)) / 100, "rank1": float(e.group(3)) / 100,
+                          "mINP": float(e.group(4)) / 100})
     return {"train": [epochs[k] for k in sorted(epochs)], "eval": evals}
 
 
