@@ -24,13 +24,15 @@ import pytest
 import yaml
 
 from reid.config import TrackingConfig
+from reid.evaluation.naming import EPOCH_EVAL_PREFIX, metric_key
 from reid.tracking.mlflow_tracker import Tracker
 from reid.tracking.record import RECORD_FILE, read_record
 from reid.tracking.replay import REPLAYED_FROM, replay_record
 
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 90
-STEP_LOSS, EPOCH_MAP = "train_step/loss", "mAP"  # a metric per training step, one per evaluation
+# A metric per training step, and one per evaluation during training (the eval_epoch/* curve).
+STEP_LOSS, EPOCH_MAP = "train_step/loss", metric_key("mAP", EPOCH_EVAL_PREFIX)
 
 
 def free_port() -> int:
@@ -222,7 +224,10 @@ def test_train_evaluate_export_log_everything_through_the_server(
     assert downloaded.read_bytes() == (work / "export" / "model.onnx").read_bytes()
 
     (version,) = client.search_model_versions("name='team-tiny'")
-    assert version.run_id == run_id and version.source.startswith("mlflow-artifacts:")
+    # The version is made from the run's logged ONNX model, whose files the server stores too.
+    assert version.run_id == run_id and version.source.startswith("models:/"), version.source
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == run_id and logged.artifact_location.startswith("mlflow-artifacts:"), logged
 
     # The local record agrees with the server: replaying it sends nothing.
     (report,) = replay_record(work / "run")
