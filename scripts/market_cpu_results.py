@@ -101,10 +101,10 @@ def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] |
 
     from reid.engine.trainer import CURVE_PREFIX
 
-    # The query/gallery curve during training: eval_epoch/* since the last epoch is the reported model, plain
-    # names in runs recorded before.
+    # The query/gallery curve during training: eval_epoch/* since the last epoch is the reported model,
+    # curve/* in the runs of commit bd1efff (2026-12-06), plain names in runs recorded before.
     def curve_series(name: str) -> dict[int, float]:
-        return series(f"{CURVE_PREFIX}{name}") or series(name)
+        return series(f"{CURVE_PREFIX}{name}") or series(f"curve/{name}") or series(name)
 
     epoch_time, ips, eval_time = series("train/epoch_time_s"), series("train/img_per_s"), curve_series("eval_time_s")
     out: dict[str, Any] = {"mlflow_run_id": run_id,

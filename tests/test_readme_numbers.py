@@ -38,6 +38,8 @@ CPU_TRACK = "market1501_cpu_2026-12-03.json"
 HEADLINES: list[tuple[str, str, Callable[[dict[str, Any]], list[float]]]] = [
     ("ResNet-18 baseline, seeds 0 / 1", CPU_TRACK,
      lambda r: [100 * model(r, "baseline")["mAP"], 100 * model(r, "baseline_s1")["mAP"]]),
+    ("baseline rerun after the recipe changes", "market1501_cpu_2026-12-06_baseline_recipe.json",
+     lambda r: [100 * model(r, "baseline")["mAP"]]),
     ("offline KD", CPU_TRACK,
      lambda r: [100 * model(r, "kd_r18")["mAP"], r["seed_spread"]["models"]["kd_r18"]["mAP_delta"]]),
     ("`ds_ctrl`", CPU_TRACK,
