@@ -99,12 +99,12 @@ def mlflow_history(run_dir: Path, tracking: Any, model: str) -> dict[str, Any] |
     def series(name: str) -> dict[int, float]:
         return {m.step: m.value for m in client.get_metric_history(run_id, name)}  # last value per step wins
 
-    from reid.engine.trainer import CURVE_PREFIX
+    from reid.evaluation.naming import EPOCH_EVAL_PREFIX
 
     # The query/gallery curve during training: eval_epoch/* since the last epoch is the reported model,
     # curve/* in the runs of commit bd1efff (2026-12-06), plain names in runs recorded before.
     def curve_series(name: str) -> dict[int, float]:
-        return series(f"{CURVE_PREFIX}{name}") or series(f"curve/{name}") or series(name)
+        return series(f"{EPOCH_EVAL_PREFIX}{name}") or series(f"curve/{name}") or series(name)
 
     epoch_time, ips, eval_time = series("train/epoch_time_s"), series("train/img_per_s"), curve_series("eval_time_s")
     out: dict[str, Any] = {"mlflow_run_id": run_id,

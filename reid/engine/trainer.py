@@ -113,7 +113,7 @@ from reid.engine.resume import (  # noqa: F401 - the resume rule, re-exported fo
     config_differences,
 )
 from reid.errors import CheckpointError, NonFiniteLossError, ReidError
-from reid.evaluation.naming import EPOCH_EVAL_PREFIX
+from reid.evaluation.naming import EPOCH_EVAL_PREFIX, VAL_PREFIX
 from reid.tracking.mlflow_tracker import Tracker, run_tags, sigterm_as_interrupt
 from reid.tracking.record import RECORD_FILE
 
@@ -122,10 +122,6 @@ BEST = BEST_CHECKPOINT
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 SELECTION_METRIC = "mAP"
-#: MLflow prefix of the query/gallery evaluations during training: a curve to watch, never a selection.
-CURVE_PREFIX = EPOCH_EVAL_PREFIX  # "eval_epoch/" (reid.evaluation.naming: one name per quantity)
-#: MLflow prefix of the validation-split evaluations (``eval.val_ids``), the only ones best.pt is chosen on.
-VAL_PREFIX = "val/"
 
 
 @dataclass(frozen=True)
@@ -685,7 +681,7 @@ class _Trainer:
         self.history.append(entry)
         if not self.ctx.is_main:
             return
-        logged = metrics_for_logging(result, prefix=CURVE_PREFIX)  # a curve; eval/* is the reported model's
+        logged = metrics_for_logging(result, prefix=EPOCH_EVAL_PREFIX)  # a curve; eval/* is the reported model's
         logged["eval_time_s"] = time.perf_counter() - started
         if val is not None:
             logged.update(metrics_for_logging(val, prefix=VAL_PREFIX))

@@ -44,6 +44,9 @@ EVAL_PREFIX = "eval/"
 RERANK_PREFIX = "eval_rerank/"
 #: The trainer's evaluation every ``train.eval_every`` epochs (a curve; step = epoch).
 EPOCH_EVAL_PREFIX = "eval_epoch/"
+#: The trainer's evaluation on the validation split held out of the training identities
+#: (``eval.val_ids``), the only one ``best.pt`` is chosen on.
+VAL_PREFIX = "val/"
 #: What a comparison of models shows first, in this order.
 HEADLINE_METRICS: tuple[str, ...] = ("mAP", "rank1", "mINP")
 
