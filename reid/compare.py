@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reid.config import Config, ConfigError, TrackingConfig, load_config, read_params, validate
-from reid.engine.checkpoint import LAST_CHECKPOINT
+from reid.checkpoint import LAST_CHECKPOINT
 from reid.errors import ReidError
 from reid.seed_spread import Run, spread_markdown
 from reid.targets import TargetSettings
@@ -253,7 +253,7 @@ def deployed_cost(checkpoint: Path) -> DeployedCost:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.models.reid_model import build_model
 
     state = load_checkpoint(checkpoint)

@@ -265,7 +265,7 @@ def test_export_is_logged_to_the_training_run_and_registered(trained, workdir: P
     from typer.testing import CliRunner
 
     from reid.cli import app
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
 
     ckpt, config = trained("resnet18")
     run_id = read_entry(ckpt, "mlflow_run_id")

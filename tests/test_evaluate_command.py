@@ -478,7 +478,7 @@ def test_evaluate_command_end_to_end(tmp_path: Path, request: pytest.FixtureRequ
 
     from reid.commands import evaluate
     from reid.data.manifest import write_manifest
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     torch.manual_seed(0)

@@ -54,8 +54,8 @@ def test_the_interrupt_hint_resumes_exactly_the_interrupted_run(tmp_path: Path, 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import reid.engine.trainer as trainer_module
     from reid.data.manifest import write_manifest
-    from reid.engine.checkpoint import save_checkpoint
-    from reid.tracking.mlflow_tracker import Terminated
+    from reid.checkpoint import save_checkpoint
+    from reid.engine.signals import Terminated
 
     monkeypatch.chdir(tmp_path)
     write_manifest(synthetic_manifest, tiny_config.data.manifest)
@@ -269,7 +269,7 @@ def random_checkpoint(path: Path, config, num_classes: int) -> Path:
     """A `reid train`-format checkpoint of an untrained model: enough to embed images."""
     import torch
 
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     torch.manual_seed(0)

@@ -100,7 +100,7 @@ def explicit_eval_keys(params: Path, variant: str | None, overrides: list[str]) 
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
     """The MLflow run that trained the checkpoint (key ``mlflow_run_id``), read without loading weights."""
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
 
     run_id = read_entry(checkpoint, "mlflow_run_id")
     return str(run_id) if run_id else None
@@ -262,7 +262,7 @@ def command(
             Tracker(config.tracking, base=base).check()
 
         from reid.compare import MODELS_DIR
-        from reid.engine.checkpoint import read_entry
+        from reid.checkpoint import read_entry
         from reid.evaluation.naming import EvaluationNames, cross_domain_target, output_name
 
         name = model_name(checkpoint, variant)

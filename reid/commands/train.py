@@ -34,7 +34,7 @@ def interrupted_message(reason: str, last: Path, params: Path, variant: str | No
     run name, so that, pasted, it continues this run and not the one in the default folder.
     """
     from reid.commands._common import command_line
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
 
     again = command_line("train", params, variant, overrides, run_name)
     ours = last.is_file() and (resume or last.stat().st_mtime >= started - MTIME_GRAIN_S)
@@ -94,8 +94,8 @@ def command(
 ) -> None:
     """Train a ReID model: last.pt (the model of the last epoch; best.pt only with eval.val_ids), metrics.json and an MLflow run."""
     from reid.commands._common import project_base
-    from reid.engine.checkpoint import LAST_CHECKPOINT
-    from reid.tracking.mlflow_tracker import Terminated
+    from reid.checkpoint import LAST_CHECKPOINT
+    from reid.engine.signals import Terminated
 
     with clean_errors():
         config = config_from_cli(params, variant, override)

@@ -138,7 +138,7 @@ def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.d
         Under torchrun every rank embeds its own contiguous shard and the shards are gathered in
         order, so N GPUs extract N times faster and every rank ends with the same full matrix.
         """
-        from reid.engine.distributed import all_gather_objects, gather_shards, rank_and_world, shard_bounds
+        from reid.parallel import all_gather_objects, gather_shards, rank_and_world, shard_bounds
 
         rank, world = rank_and_world()
         sharded = world > 1 and len(samples) >= world

@@ -13,8 +13,8 @@ Why a wrapper instead of calling ``mlflow.*`` in the trainer:
   run or an unwritable store lose three hours of metrics at the end.
 * **Every run ends with a truthful status.** Used as a context manager, the run ends FINISHED on
   success, FAILED on an exception (with the error as the ``reid.error`` tag) and KILLED on Ctrl-C or
-  SIGTERM (:func:`sigterm_as_interrupt` turns SIGTERM into a :class:`Terminated` exception so the
-  same path runs). A SIGKILLed process cannot mark anything: its run stays RUNNING until
+  SIGTERM (:func:`reid.engine.signals.sigterm_as_interrupt` turns SIGTERM into a ``KeyboardInterrupt``
+  subclass so the same path runs). A SIGKILLed process cannot mark anything: its run stays RUNNING until
   ``reid train --resume`` reopens the same run id (set back to RUNNING) and ends it properly.
 * **Logging never kills training.** After the run has started, a failed metric or artifact upload
   is a warning (counted in :attr:`Tracker.failures`); losing a point of a curve is better than
@@ -41,15 +41,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, Iterator, Mapping
 
 from reid.config import Config, TrackingConfig
@@ -68,30 +66,6 @@ BATCH = 100  # params/tags per log_batch call (MLflow's limit)
 CHECK_TIMEOUT_S = 5.0
 RECONNECT_INTERVAL_S = 60.0  # how often an offline tracker asks whether its server is back
 PROBE_TIMEOUT_S = 2.0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so the run is marked KILLED and checkpoints stay intact.
-
-    A subclass of ``KeyboardInterrupt`` so that ``except Exception`` blocks do not swallow it.
-    """
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While active, SIGTERM raises :class:`Terminated` (only possible in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(f"received signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def tracking_base() -> Path:
