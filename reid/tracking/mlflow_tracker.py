@@ -38,7 +38,6 @@ Only rank 0 of a distributed run tracks (``rank != 0`` gives a disabled tracker)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -48,7 +47,7 @@ import urllib.request
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from reid.config import Config, TrackingConfig
 from reid.errors import TrackingError
@@ -190,8 +189,13 @@ class Tracker:
             ...
     """
 
-    def __init__(self, tracking: TrackingConfig, *, rank: int = 0, base: Path | None = None) -> None:
+    def __init__(self, tracking: TrackingConfig, *, rank: int = 0, base: Path | None = None,
+                 strict: bool = False) -> None:
         self.tracking = tracking
+        # strict: a failed call raises TrackingError (``reid evaluate``, whose logging is its result);
+        # otherwise it is a warning, since tracking must never end a training run.
+        self.strict = strict
+        self.attached = False            # logging into an existing run this tracker did not open
         self.enabled = bool(tracking.enabled) and rank == 0
         base = Path(os.environ["DVC_ROOT"]) if os.environ.get("DVC_ROOT") else (base or Path.cwd())
         self.uri = resolve_store_uri(tracking.uri, base)
@@ -282,6 +286,21 @@ class Tracker:
             raise TrackingError(f"cannot open an MLflow run in {self.uri}: {exc}. "
                                 "Disable tracking with -o tracking.enabled=false") from exc
         return self
+
+    def attach(self, run_id: str) -> bool:
+        """Log into the existing run ``run_id`` without changing its status (``reid evaluate`` adds the
+        evaluation to the run that trained the model); False, doing nothing, when this store lacks it."""
+        if not self.enabled:
+            return False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with bounded_http():
+                self._mlflow_client().get_run(run_id)
+        except MlflowException:
+            return False
+        self.run_id, self.attached = run_id, True
+        return True
 
     def _open(self, run_id: str | None, run_name: str | None, tags: Mapping[str, str] | None) -> None:
         from mlflow.exceptions import MlflowException
@@ -377,18 +396,18 @@ class Tracker:
                          sha256=file_sha256(path) if path.is_file() else None)
         self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
 
-    def log_dataset(self, manifest: Any, context: str) -> None:
+    def log_dataset(self, manifest: Any, context: str, name: str | None = None) -> None:
         """Record ``manifest`` as a dataset input of the run (:mod:`reid.tracking.datasets`); warns on failure."""
         if not self._active():
             return
         from reid.tracking.datasets import log_dataset
 
-        self._guard("dataset input", lambda: log_dataset(self._client, self.run_id, manifest, context))
+        self._guard("dataset input", lambda: log_dataset(self._client, self.run_id, manifest, context, name=name))
 
     # -- closing ---------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:
-        """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning)."""
-        if not self._active():
+        """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning); an attached run keeps its status."""
+        if not self._active() or self.attached:
             return
         now = int(time.time() * 1000)
         self._record("end", status=status, time=now)
@@ -450,6 +469,7 @@ class Tracker:
             self.record = None
 
     def _guard(self, what: str, action: Any, strict: bool = False) -> None:
+        strict = strict or self.strict
         if self.offline and not strict:
             self.unsent += 1
             self._reconnect()  # when the server is back, the record (which holds this call) is sent
