@@ -200,3 +200,53 @@ def test_an_unusable_lease_folder_is_named_with_the_fix(tmp_path: Path) -> None:
               launch=recording_launch([]))
     assert str(blocker / "leases") in str(err.value) and f"set {LEASE_DIR_ENV}" in str(err.value)
     assert blocker.read_text() == "" and not (blocker.parent / "leases").exists()
+
+
+def test_one_gpu_run_trains_here_on_its_leased_gpu(tmp_path: Path) -> None:
+    folder, said = tmp_path / "leases", []
+    placement = place(gpu_config(device="cuda:1"), ["train"], gpu_count=2, env={LEASE_DIR_ENV: str(folder)},
+                      say=said.append, launch=recording_launch([]))
+    try:
+        assert placement.exit_code is None and placement.devices == ["cuda:1"] and placement.world_size == 1
+        assert said == ["device: cuda:1 (leased for train.device=cuda:1)"]
+        with pytest.raises(LeaseError, match=f"cuda:1 held by pid {os.getpid()}"):  # held while this run trains
+            acquire(visible_gpus(2, {}), [1], 1, wait=False, folder=folder)
+    finally:
+        placement.lease.release()
+
+
+def test_under_an_outer_launcher_nothing_is_launched_and_the_ranks_gpu_is_leased(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import reid.engine.launch as launch
+
+    folder, calls, parents = tmp_path / "leases", [], []
+    monkeypatch.setattr(launch, "die_with_parent", parents.append)  # not on pytest itself (real: test_self_launch)
+    env = {LEASE_DIR_ENV: str(folder), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    placement = place(gpu_config(nproc="auto"), ["train"], gpu_count=2, env=env, say=print,
+                      launch=recording_launch(calls))
+    try:
+        assert calls == [] and placement.exit_code is None and placement.launcher == "external"
+        assert placement.lease is not None and placement.lease.devices == ["cuda:1"]
+    finally:
+        placement.lease.release()
+    # A worker this process would have started: the devices come from its parent, nothing is leased again.
+    worker = {**env, "REID_LAUNCHER_PID": str(os.getppid()), "REID_DEVICES": "cuda:2,cuda:3"}
+    placement = place(gpu_config(nproc="auto"), ["train"], gpu_count=4, env=worker, say=print,
+                      launch=recording_launch(calls))
+    assert calls == [] and placement.devices == ["cuda:2", "cuda:3"] and placement.lease is None
+    assert parents == [os.getppid()]
+
+
+def test_resolve_device_takes_the_leased_gpu_of_the_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from reid.engine.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("REID_DEVICES", raising=False)
+    assert resolve_device("cuda", 1) == torch.device("cuda", 1)  # torchrun's rule without a lease
+    monkeypatch.setenv("REID_DEVICES", "cuda:2,cuda:3")
+    assert resolve_device("auto", 0) == torch.device("cuda", 2)
+    assert resolve_device("cuda", 1) == torch.device("cuda", 3)
+    assert resolve_device("cuda:0", 1) == torch.device("cuda", 0)  # an explicit index is what it says

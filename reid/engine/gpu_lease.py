@@ -236,4 +236,7 @@ def acquire(names: Sequence[str], candidates: Sequence[int], wanted: int | None,
         if not told and on_wait is not None:
             on_wait(f"waiting for GPUs: {message}; it starts as soon as they are free (Ctrl-C to give up)")
             told = True
-        time.sleep(poll_s)
+        try:
+            time.sleep(poll_s)
+        except KeyboardInterrupt:
+            raise LeaseError(f"gave up waiting for GPUs (Ctrl-C): {message}; nothing was started") from None

@@ -155,7 +155,8 @@ def place(config: Any, worker_args: Sequence[str], *, gpu_count: int | None = No
     if busy:
         reason += f"; {busy_summary(busy)}"
     placement = Placement(lease.devices, n, reason, "reid train" if n > 1 else "none", lease=lease)
-    if n == 1:
+    if n == 1 and env is os.environ:  # this process trains (an injected env is a test: no real GPU to select)
+        os.environ[DEVICES_ENV] = lease.devices[0]  # resolve_device reads the leased GPU from it
         _use_gpu(lease.indices[0])
     return _run(placement, worker_args, say, launch, {DEVICES_ENV: ",".join(lease.devices)})
 
@@ -165,8 +166,6 @@ def _run(placement: Placement, worker_args: Sequence[str], say: Callable[[str], 
     shown = ",".join(placement.devices) if len(set(placement.devices)) > 1 or placement.world_size == 1 else \
         f"{placement.devices[0]} x{placement.world_size}"
     if placement.world_size == 1:
-        if worker_env:
-            os.environ.update(worker_env)  # resolve_device reads the leased GPU from it
         say(f"device: {shown} ({placement.reason})")
         return placement
     say(f"devices: {shown} ({placement.reason}); starting {placement.world_size} worker processes "
