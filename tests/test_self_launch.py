@@ -159,7 +159,7 @@ def test_self_launched_workers_take_torchruns_steps(dvc_project: Path) -> None:
     a, b = load(dvc_project / "run" / "last.pt"), load(dvc_project / "ref" / "last.pt")
     assert a["world_size"] == b["world_size"] == 2
     assert relative_error(a["model"], b["model"]) <= EXACT
-    assert relative_error(a["objective"], b["objective"]) <= EXACT if a.get("objective") else True
+    assert relative_error(a["objective"], b["objective"]) <= EXACT  # the centre loss's centres
 
 
 # -- stopping ---------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_sigterm_stops_every_worker_and_leaves_a_checkpoint_that_resumes(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     done = load(last)
     assert done["epoch"] == 3 and done["global_step"] == 6 and done["mlflow_run_id"] == saved["mlflow_run_id"]
-    assert f"resuming from {last.relative_to(project)}" in resumed.stderr or "resuming from" in resumed.stderr
+    assert "resuming from" in resumed.stderr and "devices: cpu x2" in resumed.stderr
 
 
 @pytest.mark.slow
