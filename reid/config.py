@@ -176,6 +176,20 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(20, ge=1)
     sync_bn: bool = Field(True, description="under torchrun (world size > 1): BatchNorm statistics of the global "
                           "batch, as on one big GPU; false: each process normalises its own P/N x K images")
+    nproc: int | Literal["auto"] = Field(
+        "auto", description="processes, one per GPU: auto = every free GPU this process may use (the most that "
+        "split data.ids_per_batch), 1 without a GPU; N = N GPUs, or N CPU processes with device cpu. reid train "
+        "starts them itself; under torchrun/SLURM the launcher decides (docs/GPU.md)")
+    gpu_busy: Literal["wait", "fail"] = Field(
+        "wait", description="when fewer GPUs are free than asked for (another reid process leases them): wait for "
+        "them, or fail at once")
+
+    @field_validator("nproc", mode="before")
+    @classmethod
+    def _nproc(cls, v: Any) -> Any:
+        if v == "auto" or (type(v) is int and v >= 1) or (isinstance(v, str) and v.isdigit() and int(v) >= 1):
+            return v
+        raise ValueError("nproc must be 'auto' or a whole number of processes >= 1")
 
     @field_validator("amp", mode="before")
     @classmethod

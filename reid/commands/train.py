@@ -12,6 +12,7 @@ first epoch, there is no ``last.pt`` of this run, and the message says so).
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -99,13 +100,20 @@ def command(
 
     with clean_errors():
         config = config_from_cli(params, variant, override)
+        from reid.engine.launch import place
+
+        # The devices: this process trains on one, or N workers ran this command (docs/GPU.md).
+        again = command_line("train", params, variant, override, run_name, *(["--resume"] if resume else []))
+        placement = place(config, shlex.split(again)[1:])
+        if placement.exit_code is not None:
+            raise typer.Exit(code=placement.exit_code)
         from reid.data.manifest import load_manifest
         from reid.engine.trainer import train
 
         # Loaded here so that a missing manifest names the params file this command was given.
         manifest = load_manifest(config.data.manifest, params, variant)
         overrides = list(override or [])
-        tags = identity_tags(params, variant, overrides, run_name, config)
+        tags = {**placement.tags, **identity_tags(params, variant, overrides, run_name, config)}
         started = time.time()
         try:
             result = train(config, manifest, resume=resume, variant=variant, run_name=run_name,
