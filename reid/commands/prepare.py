@@ -126,6 +126,7 @@ def command(
     """Check the dataset, print its statistics and write the manifest that training and evaluation read."""
     with clean_errors():
         from reid.data.datasets import read_dataset, reader_options, statistics_table
+        from reid.atomic import write_text_atomic
         from reid.data.manifest import build_manifest, write_manifest
         from reid.errors import DatasetError
 
@@ -177,7 +178,7 @@ def command(
         path = write_manifest(manifest, data.manifest)
         stats_path = statistics_path(path)
         stats: dict[str, object] = {**manifest.statistics, "num_classes": manifest.num_classes}
-        stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+        write_text_atomic(stats_path, json.dumps(stats, indent=2) + "\n")
         typer.echo(f"wrote {path} ({manifest.num_classes} training identities, content hash "
                    f"{manifest.content_hash[:12]}) and {stats_path}")
         if not targets:
