@@ -343,6 +343,9 @@ class _Trainer:
             tracker.log_params(cfg.active_flat())  # inactive feature keys as "-" (Config.active_flat)
             tracker.log_dataset(manifest, "train")  # the runs table's Dataset column
             tracker.log_artifact(self.config_path)
+            if getattr(self, "image_check", None) is not None and self.image_check.total:
+                tracker.log_metrics({f"corrupt_images_skipped/{split}": float(n) for split, n in
+                                     self.image_check.metrics()["num_corrupt_images_skipped"].items()}, step=0)
             result = self._loop()
             tracker.log_artifact(self.metrics_path)
             # The run's model; best.pt only when this run chose one (a file left by an older run is not it).
@@ -359,11 +362,13 @@ class _Trainer:
         return result
 
     def _check_test_images(self, manifest: Any) -> None:
-        """Decode the query and gallery images before the first step (reid.data.images.check_test_images):
-        a corrupt one fails now, not after the last epoch; under ``skip`` it is named once here."""
-        from reid.data.images import check_test_images
+        """Decode every image of every split before the first step (reid.data.images.check_split_images):
+        all corrupt ones fail now in one message, not one per run mid-epoch; under ``skip`` each is named
+        once here and listed in metrics.json (which MLflow logs)."""
+        from reid.data.images import check_split_images
 
-        for warning in check_test_images(manifest, self.config.data.corrupt_images):
+        self.image_check = check_split_images(manifest, self.config.data.corrupt_images)
+        for warning in self.image_check.warnings():
             self.say(f"warning: {warning}")
 
     def _resume_state(self) -> dict[str, Any] | None:
@@ -746,6 +751,8 @@ class _Trainer:
         selection = ({f"val_best_{SELECTION_METRIC}": self.best_metric, "best_epoch": self.best_epoch}
                      if self.val_manifest is not None else {})
         summary = {**metrics, **selection, "epochs": self.config.train.epochs, "global_step": self.global_step, **timing}
+        if getattr(self, "image_check", None) is not None:  # data.corrupt_images=skip: what was left out
+            summary.update(self.image_check.metrics())
         if self.ctx.is_main:
             _write_json(self.metrics_path, summary)
         return TrainResult(
