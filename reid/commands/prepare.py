@@ -176,7 +176,10 @@ def command(
         from reid.data.checks import dataset_warnings
 
         manifest = build_manifest(splits)
-        for warning in warnings + dataset_warnings(manifest, data.instances_per_id):
+        from reid.data.duplicates import duplicate_warnings
+
+        warnings += dataset_warnings(manifest, data.instances_per_id) + duplicate_warnings(manifest)
+        for warning in warnings:
             typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         path = write_manifest(manifest, data.manifest)
         stats_path = statistics_path(path)
