@@ -593,5 +593,6 @@ def load_config(path: Path | str = "params.yaml", variant: str | None = None, ov
 
 def dump_config(config: Config, path: Path) -> None:
     """Write the resolved configuration as YAML (logged with every run for reproducibility)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    from reid.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -109,7 +109,7 @@ PIPELINE_MEANINGS: list[tuple[str, str, str]] = [
     ("evaluate.output_dir", "pipeline/eval", "evaluation results per model: `<output_dir>/<name>/metrics.json`"),
     ("evaluate.models", "-", "models the pipeline evaluates: `baseline` then every variant, in order"),
     ("evaluate.targets", "[]", "cross-domain datasets every model is also evaluated on: `{name, format, root, eval}`; "
-     "manifests in `pipeline/data/targets/<name>.json`, results in `<output_dir>/<name>/targets/<target>/`"),
+     "manifests in `targets/<name>.json` beside `data.manifest` (`pipeline/data/targets/` by default), results in `<output_dir>/<name>/targets/<target>/`"),
     ("compare.output_dir", "pipeline/compare", "comparison.md / .csv / .png"),
 ]
 

@@ -198,6 +198,10 @@ def command(
     mlflow_run_id: Annotated[
         Optional[str], typer.Option("--mlflow-run-id", help="Log into this MLflow run (default: the run that trained the checkpoint).")
     ] = None,
+    duplicates: Annotated[
+        str, typer.Option("--duplicates", help="Byte-identical copies (a query's copy in the gallery under another camera, a test "
+                          "image also in training): warn (score the split as published) or exclude (leave them out).")
+    ] = "warn",
 ) -> None:
     """Evaluate a checkpoint with the Market-1501 protocol: mAP, CMC, mINP, CMC plot, ranked lists."""
     with clean_errors():
@@ -288,11 +292,17 @@ def command(
         dataset = {"dataset": dataset_name, "dataset_format": str(getattr(split, "format", "") or ""),
                    "dataset_hash": str(data_hash or ""), "manifest": str(manifest_path)}
 
+        from reid.evaluation.duplicates import apply_duplicate_policy
+
+        copies = apply_duplicate_policy(split, duplicates)  # see reid.evaluation.duplicates
+        for line in copies.warnings:
+            typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
+        split = copies.split
         typer.echo(f"evaluating {checkpoint} ({config.model.backbone}) on {len(split.query)} query / "
                    f"{len(split.gallery)} gallery images, device {device}")
         result = evaluate_model(model, split, config, device)
         extra = {"flip": bool(config.eval.flip), "checkpoint": str(checkpoint), "model": name, "target": target_name,
-                 **dataset, "trained_on_hash": str(trained_on or "")}
+                 **dataset, "trained_on_hash": str(trained_on or ""), "duplicates": copies.summary}
         paths = write_outputs(result, out_dir, extra=extra, title=name if target_name is None else f"{name} on {target_name}")
         typer.echo(result.summary())
         if result.skipped_report():

@@ -4,7 +4,8 @@ Relative tracking paths (``sqlite:///mlflow.db``, ``mlruns``) are anchored at ``
 DVC stage, else at the working directory, like every relative path of the parameters and like
 ``reid ui`` and ``reid evaluate`` (docs/PARAMETERS.md, "Relative paths").
 
-Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss),
+Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss,
+an output that cannot be written: a full disk names the path, the free space and the resume command),
 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
 last completed epoch and ``reid train --resume`` continues the same MLflow run (interrupted in the
 first epoch, there is no ``last.pt`` of this run, and the message says so).
@@ -97,6 +98,7 @@ def command(
     from reid.commands._common import project_base
     from reid.checkpoint import LAST_CHECKPOINT
     from reid.engine.signals import Terminated
+    from reid.errors import DiskFullError, WriteError
 
     with clean_errors():
         config = config_from_cli(params, variant, override)
@@ -126,6 +128,15 @@ def command(
                                             overrides, run_name),
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=code) from None
+        except WriteError as exc:
+            # A full disk (or a read-only output folder): the error names the path and the space; the
+            # previous last.pt is intact, so say how to continue once space is freed, as after Ctrl-C.
+            last = Path(config.train.output_dir) / LAST_CHECKPOINT
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            reason = "no space left on the device" if isinstance(exc, DiskFullError) else "an output could not be written"
+            typer.secho(interrupted_message(reason, last, params, variant, resume, started, overrides, run_name),
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=2) from None
 
     metrics = result.metrics
     # Percent, as `reid evaluate` and the epoch lines print it (metrics.json keeps fractions).

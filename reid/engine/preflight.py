@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from reid.checkpoint import LAST_CHECKPOINT, load_checkpoint, read_entry
 from reid.config import Config
+from reid.data.images import ImageCheck
 from reid.data.manifest import Manifest
 from reid.engine import distributed as dist_utils
 from reid.engine.resume import TrainingData, check_resumable, check_same_data
@@ -31,6 +32,7 @@ class Prepared:
     manifest: Manifest                  # the samples the run trains and evaluates on
     val_manifest: Manifest | None       # held-out training identities (eval.val_ids), which choose best.pt
     training_data: TrainingData         # what the checkpoints record about the training samples
+    image_check: ImageCheck | None = None  # corrupt images left out under data.corrupt_images=skip
 
 
 def preflight(config: Config, manifest: Manifest | None, resume: bool, ctx: dist_utils.DistContext,
@@ -54,13 +56,14 @@ def preflight(config: Config, manifest: Manifest | None, resume: bool, ctx: dist
         abandoned = read_entry(last, "mlflow_run_id")
         if tracker.close_abandoned(abandoned):
             say(f"MLflow run {abandoned} of the replaced {last} was left RUNNING; marked KILLED")
-    # 6. The data: the manifest, then an evaluation that can work and test images that decode.
+    # 6. The data: the manifest, then an evaluation that can work and images of every split that decode.
     if manifest is None:
         from reid.data.manifest import load_manifest
 
         manifest = load_manifest(config.data.manifest)
+    image_check = None
     if checkpoint is None or int(checkpoint.get("epoch", 0)) < config.train.epochs:
-        _check_evaluation_data(config, manifest, say)
+        image_check = _check_data(config, manifest, say)
     # 7. The validation split, held out of the training identities.
     val_manifest = None
     if config.eval.val_ids > 0:
@@ -74,7 +77,7 @@ def preflight(config: Config, manifest: Manifest | None, resume: bool, ctx: dist
     training_data = TrainingData.of(manifest, config.data.manifest)
     if checkpoint is not None:
         check_same_data(checkpoint, training_data, last)
-    return Prepared(checkpoint, tracker, manifest, val_manifest, training_data)
+    return Prepared(checkpoint, tracker, manifest, val_manifest, training_data, image_check)
 
 
 def _resume_checkpoint(config: Config, last: Path, resume: bool, ctx: dist_utils.DistContext) -> dict[str, Any] | None:
@@ -91,15 +94,17 @@ def _resume_checkpoint(config: Config, last: Path, resume: bool, ctx: dist_utils
     return checkpoint
 
 
-def _check_evaluation_data(config: Config, manifest: Manifest, say: Callable[[str], None]) -> None:
-    """An evaluation that cannot work must not cost a training run; a corrupt test image fails now.
+def _check_data(config: Config, manifest: Manifest, say: Callable[[str], None]) -> ImageCheck:
+    """An evaluation that cannot work must not cost a training run; every corrupt image of every split
+    is found now, all at once (one error listing them under ``fail``; named once each under ``skip``).
 
     Data without camera ids (``manifest.has_cameras`` false) is scored without the same-camera rule.
-    Under ``data.corrupt_images=skip`` an undecodable test image is named once here.
     """
     from reid.data.checks import check_evaluable
-    from reid.data.images import check_test_images
+    from reid.data.images import check_split_images
 
     check_evaluable(manifest, config.eval.cross_camera and manifest.has_cameras)
-    for warning in check_test_images(manifest, config.data.corrupt_images):
+    found = check_split_images(manifest, config.data.corrupt_images)
+    for warning in found.warnings():
         say(f"warning: {warning}")
+    return found

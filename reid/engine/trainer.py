@@ -275,9 +275,13 @@ def _run(config: Config, prepared: Prepared, ctx: dist_utils.DistContext, device
         tracker.log_params(config.active_flat())  # inactive feature keys as "-" (Config.active_flat)
         tracker.log_dataset(manifest, "train")  # the runs table's Dataset column
         tracker.log_artifact(out / CONFIG)
+        skipped = prepared.image_check.metrics() if prepared.image_check is not None else {}
+        if skipped:  # data.corrupt_images=skip: what was left out, per split
+            sinks.log_metrics({f"corrupt_images_skipped/{split}": float(n)
+                               for split, n in skipped["num_corrupt_images_skipped"].items()}, step=0)
         fit(state, callbacks)
         result = _finish(state, out, prepared.val_manifest is not None, tracker.run_id,
-                         start_epoch if resumed is not None else None)
+                         start_epoch if resumed is not None else None, skipped)
         tracker.log_artifact(result.metrics_path)
         # The run's model; best.pt only when this run chose one (a file left by an older run is not it).
         for path in (result.last_checkpoint, *([out / BEST_CHECKPOINT] if prepared.val_manifest is not None else [])):
@@ -293,8 +297,10 @@ def _run(config: Config, prepared: Prepared, ctx: dist_utils.DistContext, device
     return result
 
 
-def _finish(state: TrainState, out: Path, has_val: bool, run_id: str | None, resumed_from: int | None) -> TrainResult:
-    """``metrics.json``: the final evaluation, the validation choice and the run's cost (rank 0 writes)."""
+def _finish(state: TrainState, out: Path, has_val: bool, run_id: str | None, resumed_from: int | None,
+            skipped: Mapping[str, Any]) -> TrainResult:
+    """``metrics.json``: the final evaluation, the validation choice, the run's cost and, under
+    ``data.corrupt_images=skip``, the images left out (rank 0 writes)."""
     summary, train_config = state.summary, state.config.train
     metrics, timing = dict(summary.last_metrics), dict(summary.timing)
     timing["train_img_per_s"] = timing["train_images"] / timing["train_time_s"] if timing["train_time_s"] > 0 else None
@@ -302,7 +308,7 @@ def _finish(state: TrainState, out: Path, has_val: bool, run_id: str | None, res
                  if has_val else {})
     if state.ctx.is_main:
         _write_json(out / METRICS, {**metrics, **selection, "epochs": train_config.epochs,
-                                    "global_step": state.global_step, **timing})
+                                    "global_step": state.global_step, **timing, **skipped})
     best = out / BEST_CHECKPOINT
     return TrainResult(
         output_dir=out, last_checkpoint=out / LAST_CHECKPOINT, best_checkpoint=best if has_val and best.is_file() else None,

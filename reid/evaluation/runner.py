@@ -186,6 +186,7 @@ def write_outputs(
     """Write ``metrics.json`` (plus ``extra`` keys), ``cmc.csv`` (for ``dvc plots``), ``cmc.png`` and,
     when the result carries them, ``ranked_lists.png``. Returns ``{name: path}`` of what was written.
     """
+    from reid.atomic import atomic_target, write_text_atomic
     from reid.evaluation.plots import plot_cmc, ranked_list_figure
 
     out = Path(out_dir)
@@ -193,9 +194,9 @@ def write_outputs(
     paths: dict[str, Path] = {}
     metrics = {**result.to_dict(), **(extra or {})}
     paths["metrics"] = out / METRICS_FILE
-    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2) + "\n")  # a full disk: reid.errors.DiskFullError
     paths["cmc_csv"] = out / CMC_CSV
-    with paths["cmc_csv"].open("w", newline="") as fh:
+    with atomic_target(paths["cmc_csv"]) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["rank", "cmc"])
         writer.writerows((k + 1, f"{v:.6f}") for k, v in enumerate(result.cmc))

@@ -49,6 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
 
+from reid.atomic import write_error
 from reid.config import Config, TrackingConfig
 from reid.errors import TrackingError
 from reid.tracking.connection import bounded_http, is_server_uri
@@ -394,7 +395,10 @@ class Tracker:
             path = Path(path).resolve()
             self._record("artifact", path=str(path), artifact_path=artifact_path,
                          sha256=file_sha256(path) if path.is_file() else None)
-        self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+        # A local artifact store on a full disk: the warning says so, with the folder and the free space.
+        store = None if is_server_uri(self.uri) or "://" in str(self.artifact_root) else self.artifact_root
+        self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path),
+                    target=store)
 
     def log_dataset(self, manifest: Any, context: str, name: str | None = None) -> None:
         """Record ``manifest`` as a dataset input of the run (:mod:`reid.tracking.datasets`); warns on failure."""
@@ -464,11 +468,12 @@ class Tracker:
         try:
             self.record.write(event, self.run_id, **fields)
         except OSError as exc:
-            warnings.warn(f"cannot write the MLflow record {self.record.path} ({exc}); what the server misses "
+            clear = write_error(self.record.path, exc)  # a full disk: the path, the free space
+            warnings.warn(f"cannot write the MLflow record {self.record.path} ({clear or exc}); what the server misses "
                           "from now on cannot be replayed", stacklevel=3)
             self.record = None
 
-    def _guard(self, what: str, action: Any, strict: bool = False) -> None:
+    def _guard(self, what: str, action: Any, strict: bool = False, target: Path | None = None) -> None:
         strict = strict or self.strict
         if self.offline and not strict:
             self.unsent += 1
@@ -485,7 +490,8 @@ class Tracker:
             if self.record is not None and is_server_uri(self.uri) and not _answers(self.uri):
                 self._go_offline(what, exc)
                 return
-            warnings.warn(f"MLflow: could not log {what} to run {self.run_id}: {exc}", stacklevel=3)
+            clear = write_error(target, exc) if target is not None else None
+            warnings.warn(f"MLflow: could not log {what} to run {self.run_id}: {clear or exc}", stacklevel=3)
 
     def _go_offline(self, what: str, exc: BaseException) -> None:
         self.offline = True
