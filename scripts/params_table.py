@@ -70,7 +70,7 @@ MEANINGS: dict[str, str] = {
     "train.compile": "`torch.compile` the model (slow first step)",
     "train.seed": "random seed",
     "train.deterministic": "deterministic kernels (slower): bit-exact reruns on the same machine, thread count and versions",
-    "train.output_dir": "checkpoints, metrics.json, config.yaml; the pipeline expects `pipeline/models/<name>`",
+    "train.output_dir": "checkpoints, metrics.json, metrics.jsonl (every metric point, MLflow on or off), config.yaml; the pipeline expects `pipeline/models/<name>`",
     "train.log_every_steps": "log losses every N steps (to MLflow, and as a progress line when stderr is not a terminal)",
     "kd.self_distill": "self-distillation: a deeper stage teaches shallower ones",
     "kd.teacher_stage": "teaching stage of self-distillation",

@@ -187,9 +187,9 @@ def test_reid_imports_only_downwards() -> None:
 
 def test_layer_check_finds_an_upward_import() -> None:
     """The check can fail: models importing the engine (checkpoint I/O once lived there) is reported."""
-    graph = {"reid.models.inference": {"reid.checkpoint", "reid.config"}, "reid.checkpoint": set(),
+    graph = {"reid.models.inference": {"reid.engine.state", "reid.config"}, "reid.engine.state": set(),
              "reid.config": set(), "vendored.thing": set()}
     assert upward_imports(graph) == [
-        "reid.models.inference (models) imports reid.checkpoint (engine)",
+        "reid.models.inference (models) imports reid.engine.state (engine)",
         "vendored.thing is in no layer of LAYERS: add it where it belongs",
     ]

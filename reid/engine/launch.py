@@ -109,40 +109,11 @@ def place(config: Any, worker_args: Sequence[str], *, gpu_count: int | None = No
     wait = train.gpu_busy == "wait"
     on_cuda = device.startswith("cuda") or (device == "auto" and gpus > 0)
     if not on_cuda:
-        kind = "cpu" if device in ("cpu", "auto") else device
-        n = 1 if nproc == "auto" else nproc
-        if n > 1 and device != "cpu":
-            found = "no GPU is visible here" if device == "auto" else f"train.device={device} is one device"
-            raise ReidError(f"train.nproc={n} but {found}; set train.device=cpu to train in {n} CPU processes "
-                            "(gloo), or train.nproc=auto")
-        _check_split(p, n)
-        reason = (f"train.nproc={nproc}, train.device={device}" if n > 1 else
-                  f"train.device={device}" + (" found no GPU" if device == "auto" else ""))
-        return _run(Placement([kind] * n, n, reason, "reid train" if n > 1 else "none"), worker_args, say, launch,
-                    {})
+        return _run(_cpu_placement(device, nproc, p), worker_args, say, launch, {})
     if gpus == 0:
         raise ReidError(f"train.device={device} but CUDA is not available here; use train.device=auto or cpu")
     names = visible_gpus(gpus, env)
-    shown_visible = (f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})"
-                     if env.get("CUDA_VISIBLE_DEVICES") is not None else "")
-    if device.startswith("cuda:"):
-        index = int(device.split(":", 1)[1])
-        if nproc not in ("auto", 1):
-            raise ReidError(f"train.device={device} pins one GPU but train.nproc={nproc}; use train.device=cuda (or "
-                            f"auto) to take {nproc} free GPUs, or train.nproc=1")
-        if index >= gpus:
-            raise ReidError(f"train.device={device} but this process sees {gpus} GPU(s){shown_visible}; "
-                            f"use cuda:0 to cuda:{gpus - 1} or train.device=cuda")
-        candidates, wanted, what, accept = [index], 1, f"train.device={device}", None
-    elif nproc == "auto":
-        candidates, wanted, what = list(range(gpus)), None, "train.nproc=auto"
-        accept = lambda free: _whole_split(p, free)  # noqa: E731
-    else:
-        if nproc > gpus:
-            raise ReidError(f"train.nproc={nproc} but this process sees {gpus} GPU(s){shown_visible}; set "
-                            f"train.nproc to at most {gpus}, or auto for every free one")
-        _check_split(p, nproc)
-        candidates, wanted, what, accept = list(range(gpus)), nproc, f"train.nproc={nproc}", None
+    candidates, wanted, what, accept = _gpu_request(device, nproc, p, gpus, env)
     lease, busy = acquire(names, candidates, wanted, wait=wait, folder=lease_dir(env), what=what, accept=accept,
                           on_wait=say)
     n = len(lease.indices)
@@ -159,6 +130,44 @@ def place(config: Any, worker_args: Sequence[str], *, gpu_count: int | None = No
         os.environ[DEVICES_ENV] = lease.devices[0]  # resolve_device reads the leased GPU from it
         _use_gpu(lease.indices[0])
     return _run(placement, worker_args, say, launch, {DEVICES_ENV: ",".join(lease.devices)})
+
+
+def _cpu_placement(device: str, nproc: int | str, p: int) -> Placement:
+    """No GPU: one process, or ``train.nproc`` CPU processes (gloo) with ``train.device=cpu``."""
+    kind = "cpu" if device in ("cpu", "auto") else device
+    n = 1 if nproc == "auto" else int(nproc)
+    if n > 1 and device != "cpu":
+        found = "no GPU is visible here" if device == "auto" else f"train.device={device} is one device"
+        raise ReidError(f"train.nproc={n} but {found}; set train.device=cpu to train in {n} CPU processes "
+                        "(gloo), or train.nproc=auto")
+    _check_split(p, n)
+    reason = (f"train.nproc={nproc}, train.device={device}" if n > 1 else
+              f"train.device={device}" + (" found no GPU" if device == "auto" else ""))
+    return Placement([kind] * n, n, reason, "reid train" if n > 1 else "none")
+
+
+def _gpu_request(device: str, nproc: int | str, p: int, gpus: int, env: Mapping[str, str]
+                 ) -> tuple[list[int], int | None, str, Callable[[int], int] | None]:
+    """Which GPUs may be leased, how many (None: every free one), what asked for them, and for ``auto``
+    how many of the free ones to take (the most that split P into whole identities)."""
+    shown_visible = (f" (CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']})"
+                     if env.get("CUDA_VISIBLE_DEVICES") is not None else "")
+    if device.startswith("cuda:"):
+        index = int(device.split(":", 1)[1])
+        if nproc not in ("auto", 1):
+            raise ReidError(f"train.device={device} pins one GPU but train.nproc={nproc}; use train.device=cuda (or "
+                            f"auto) to take {nproc} free GPUs, or train.nproc=1")
+        if index >= gpus:
+            raise ReidError(f"train.device={device} but this process sees {gpus} GPU(s){shown_visible}; "
+                            f"use cuda:0 to cuda:{gpus - 1} or train.device=cuda")
+        return [index], 1, f"train.device={device}", None
+    if nproc == "auto":
+        return list(range(gpus)), None, "train.nproc=auto", lambda free: _whole_split(p, free)
+    if int(nproc) > gpus:
+        raise ReidError(f"train.nproc={nproc} but this process sees {gpus} GPU(s){shown_visible}; set "
+                        f"train.nproc to at most {gpus}, or auto for every free one")
+    _check_split(p, int(nproc))
+    return list(range(gpus)), int(nproc), f"train.nproc={nproc}", None
 
 
 def _run(placement: Placement, worker_args: Sequence[str], say: Callable[[str], None],
