@@ -303,3 +303,33 @@ def test_a_recorded_results_file_starts_a_record_and_replace_must_name_a_finishe
     assert "is a merged record" in capsys.readouterr().err
     assert results_script.main(["--from-record", str(single), "--merge-into", str(record), "--replace", "kd"]) == 2
     assert "--replace names kd, not a finished model" in capsys.readouterr().err
+
+
+def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, monkeypatch):
+    monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
+    run = make_run(tmp_path / "run")
+    add_seed_replicate(run, 0.31, 0.51)
+    record = tmp_path / "record.json"
+    assert results_script.main([str(run), "--date", "2026-12-07", "--merge-into", str(record)]) == 0
+    start = results_script.BLOCK_START.format(record="r.json")
+    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    for path in (readme, results_md):
+        path.write_text(f"# Title\n\n{start}\nold rows\n{results_script.BLOCK_END}\n\nafter\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"models": ["baseline", "baseline_s1", "sd_003", "kd_r18"]}}))
+    results_script.write_docs(record, readme, results_md, params)
+    text = readme.read_text()
+    assert "old rows" not in text and text.endswith(f"{results_script.BLOCK_END}\n\nafter\n")
+    assert ("| Market-1501 mAP, CPU track (resnet34 from scratch, 64 x 32, 2 epochs; not the ImageNet recipe): "
+            "`baseline`: no distillation, seeds 0 / 1 | 30.0 / 31.0 (mean 30.5, range 1.0) | 2-core AMD EPYC, "
+            "2026-12-07 |") in text
+    assert "| `sd_003`: self-distillation, feature coefficient 0.03 (sample_mean), seed 0 | 32.0; +1.5 over `baseline` |" in text
+    assert "* `sd_003` vs `baseline` (mAP gain +1.5 so far): undecided, `sd_003` has 1 seed" in text
+    assert "* Not yet run under this recipe: `kd_r18`" in text
+    docs = results_md.read_text()
+    assert "#### Seed groups and paired comparison (mAP)" in docs and "Not run yet: kd_r18." in docs
+    # A document without its block is an error, and nothing is written.
+    readme.write_text("# no block\n")
+    with pytest.raises(results_script.ResultsError, match="0 generated blocks"):
+        results_script.write_docs(record, readme, results_md, params)
+    assert readme.read_text() == "# no block\n"
