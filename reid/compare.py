@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from reid.config import Config, ConfigError, EvaluateSettings, TrackingConfig, evaluate_settings, load_config, read_params, validate
 from reid.checkpoint import LAST_CHECKPOINT
 from reid.errors import ReidError
-from reid.seed_spread import Run, spread_markdown
+from reid.seed_spread import Run, group_markdown, spread_markdown
 
 BASELINE = "baseline"
 # dvc.yaml addresses every model's checkpoint as pipeline/models/<name>/last.pt (a foreach over
@@ -423,7 +423,10 @@ def compare(params: Path, output_dir: Path | None = None, use_mlflow: bool = Tru
     out = Path(output_dir) if output_dir is not None else plan.compare.output_dir
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows)
-    spread = spread_markdown([Run(r.model.name, r.model.config, r.metrics) for r in rows])
+    spread_runs = [Run(r.model.name, r.model.config, r.metrics) for r in rows]
+    spread = spread_markdown(spread_runs)
+    if spread:
+        spread += "\n" + group_markdown(spread_runs)
     md, csv_path, png = out / "comparison.md", out / "comparison.csv", out / "comparison.png"
     md.write_text(
         "# Model comparison\n\n"

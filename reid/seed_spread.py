@@ -17,6 +17,11 @@ not shown anything. ``reid compare`` therefore reads the spread off the pipeline
 
 Only the reference's spread is used (a variant run once is compared with the reference's spread; a
 variant with replicates of its own shows each of them as a row). Values are the table's percentages.
+
+Group against group (:func:`paired_comparisons`, :func:`group_markdown`): every replicate group's mean
+and spread, and each non-reference group paired with its reference seed by seed (variant seed s minus
+reference seed s), with the mean, min and max of those deltas and one sentence saying whether the
+group's gain exceeds the reference's seed-to-seed range; undecided while either group has one seed.
 """
 
 from __future__ import annotations
@@ -184,4 +189,156 @@ def spread_markdown(runs: Sequence[Run]) -> str:
             cells += ["-" if value is None else f"{value:.1f}", _signed(diff.delta[key]) + mark]
         cells.append(_verdict(diff))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# Group against group: means, spreads and a paired comparison per seed
+# ------------------------------------------------------------------------------------------------
+#
+# A delta to the reference mean (above) judges one run. With several seeds of a variant too, the
+# stronger reading pairs the runs: a student of seed s shares its data order and initialisation seed
+# with the baseline of seed s, so ``student[s] - baseline[s]`` removes part of the seed-to-seed noise,
+# and the per-seed deltas show whether the gain holds for every seed or rests on one.
+
+#: What :func:`PairedComparison.verdict` can say.
+EXCEEDS, WITHIN, UNDECIDED = "exceeds", "within", "undecided"
+MIN_SEEDS = 2  # a spread (max - min) needs two runs
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One seed present in both groups: the variant's value, the reference's value and their difference."""
+
+    seed: int
+    value: float
+    reference_value: float
+
+    @property
+    def delta(self) -> float:
+        return self.value - self.reference_value
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A replicate group against its reference group on one metric (values in percent)."""
+
+    group: Reference
+    reference: Reference
+    key: str
+    pairs: tuple[Pair, ...]  # in the group's seed order
+
+    @property
+    def gain(self) -> float | None:
+        """Group mean - reference mean (over all their runs, paired or not)."""
+        mean, ref = self.group.mean(self.key), self.reference.mean(self.key)
+        return None if mean is None or ref is None else mean - ref
+
+    def delta_stats(self) -> tuple[float, float, float] | None:
+        """(mean, min, max) of the per-seed deltas; None without a common seed."""
+        deltas = [p.delta for p in self.pairs]
+        return (sum(deltas) / len(deltas), min(deltas), max(deltas)) if deltas else None
+
+    def verdict(self) -> str:
+        """``exceeds``: |gain| > the reference's seed spread; ``within``: not; ``undecided``: either group
+        has fewer than two seeds (or a value is missing), so there is no seed-to-seed range to judge by."""
+        spread, gain = self.reference.spread(self.key), self.gain
+        if len(self.group.runs) < MIN_SEEDS or len(self.reference.runs) < MIN_SEEDS or spread is None \
+                or gain is None or self.group.spread(self.key) is None:
+            return UNDECIDED
+        return EXCEEDS if abs(gain) > spread else WITHIN
+
+    def sentence(self) -> str:
+        """The comparison in words, every number computed from the runs."""
+        g, r, key = self.group, self.reference, self.key
+        name = "gain" if (self.gain or 0.0) >= 0 else "difference"
+        verdict = self.verdict()
+        if verdict == UNDECIDED:
+            short = [x for x in (g, r) if len(x.runs) < MIN_SEEDS]
+            counts = " and ".join(f"`{x.name}` has {len(x.runs)} seed{'s' if len(x.runs) != 1 else ''}" for x in short)
+            gain = "" if self.gain is None else f" ({key} {name} {self.gain:+.1f} so far)"
+            return (f"`{g.name}` vs `{r.name}`{gain}: undecided, {counts or 'a value is missing'}; "
+                    f"a seed-to-seed range needs at least {MIN_SEEDS} seeds in each group.")
+        spread = r.spread(key)
+        assert spread is not None and self.gain is not None
+        stats = self.delta_stats()
+        paired = ""
+        if stats is not None:
+            beyond = sum(abs(p.delta) > spread for p in self.pairs)
+            paired = (f"; paired per seed {', '.join(f'{p.delta:+.1f}' for p in self.pairs)} (mean {stats[0]:+.1f}, "
+                      f"min {stats[1]:+.1f}, max {stats[2]:+.1f}; {beyond} of {len(self.pairs)} beyond the range)")
+        words = "exceeds" if verdict == EXCEEDS else "does not exceed"
+        return (f"`{g.name}` ({len(g.runs)} seeds, mean {key} {g.mean(key):.1f}) vs `{r.name}` ({len(r.runs)} seeds, "
+                f"mean {r.mean(key):.1f}): the {name} of {self.gain:+.1f} {words} `{r.name}`'s seed-to-seed range "
+                f"of {spread:.1f} (max - min){paired}.")
+
+
+def groups(runs: Sequence[Run]) -> list[Reference]:
+    """The replicate groups of ``runs`` (models that differ only in seed), in order of first appearance."""
+    if not runs:
+        return []
+    group_of, _ = _references(runs)
+    out: list[Reference] = []
+    for run in runs:
+        if not any(group_of[run.name] is g for g in out):
+            out.append(group_of[run.name])
+    return out
+
+
+def paired_comparisons(runs: Sequence[Run], key: str = "mAP") -> list[PairedComparison]:
+    """Every replicate group that is not a reference, against its reference (the rule of :func:`differences`),
+    paired by ``train.seed``. A seed the reference lacks has no pair (the group mean still counts it)."""
+    diffs = differences(runs)
+    out = []
+    for group in groups(runs):
+        ref = next(d.reference for d in diffs if d.run.name == group.runs[0].name)
+        if ref.name == group.name:  # a group is named by its first model: this one is a reference
+            continue
+        by_seed: dict[int, float] = {}
+        for run in ref.runs:
+            value = run.metrics.get(key)
+            if value is not None:
+                by_seed.setdefault(run.seed, value)  # the first run of a seed, if one repeats
+        pairs = tuple(Pair(run.seed, float(run.metrics[key]), by_seed[run.seed]) for run in group.runs
+                      if run.metrics.get(key) is not None and run.seed in by_seed)
+        out.append(PairedComparison(group, ref, key, pairs))
+    return out
+
+
+def _cell(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def group_markdown(runs: Sequence[Run], key: str = "mAP") -> str:
+    """Each group's mean and spread over its seeds, the paired comparison per seed and the verdicts in
+    words, as markdown; '' without runs."""
+    all_groups = groups(runs)
+    if not all_groups:
+        return ""
+    comparisons = {c.group.name: c for c in paired_comparisons(runs, key)}
+    lines = [f"## Seed groups and paired comparison ({key})", "",
+             "A group = the models that differ only in train.seed; spread = max - min over its seeds (one seed: "
+             "unknown). Paired: the variant of seed s minus its reference of seed s.", "",
+             "| group | reference | seeds | per seed | mean | spread | gain (means) | paired deltas | paired mean | "
+             "paired min / max | verdict |", "|" + "|".join("---" for _ in range(11)) + "|"]
+    for group in all_groups:
+        comp = comparisons.get(group.name)
+        per_seed = ", ".join(f"{r.seed}: {_cell(r.metrics.get(key))}" for r in group.runs)
+        cells = [group.name, comp.reference.name if comp else "(reference)",
+                 str(len(group.runs)), per_seed, _cell(group.mean(key)),
+                 "unknown" if group.spread(key) is None else _cell(group.spread(key))]
+        if comp is None:
+            cells += ["-", "-", "-", "-", "-"]
+        else:
+            stats = comp.delta_stats()
+            cells += [_cell(comp.gain, True),
+                      ", ".join(f"{p.seed}: {p.delta:+.1f}" for p in comp.pairs) or "no common seed",
+                      "-" if stats is None else f"{stats[0]:+.1f}",
+                      "-" if stats is None else f"{stats[1]:+.1f} / {stats[2]:+.1f}", comp.verdict()]
+        lines.append("| " + " | ".join(cells) + " |")
+    sentences = [c.sentence() for c in comparisons.values()]
+    if sentences:
+        lines += [""] + [f"- {s}" for s in sentences]
     return "\n".join(lines) + "\n"

@@ -208,6 +208,9 @@ def test_comparison_states_the_seed_spread_below_the_table(pipeline_dir: Path) -
     assert "| sd_003 | baseline | 45.0 | +5.0 | 65.0 | +5.0 | spread unknown (one seed) |" in result.spread
     # kd_r18 has no ResNet-18 row without a teacher here: measured against the baseline, flagged.
     assert "| kd_r18 | baseline (other backbone) |" in result.spread
+    # The groups and their paired comparison follow; one seed each, so every verdict is undecided.
+    assert "## Seed groups and paired comparison (mAP)" in result.spread
+    assert "- `sd_003` vs `baseline` (mAP gain +5.0 so far): undecided" in result.spread
 
 
 def test_cross_domain_targets_get_their_own_columns(pipeline_dir: Path) -> None:

@@ -181,3 +181,155 @@ def test_a_note_for_an_unknown_model_is_refused(tmp_path, results_script, capsys
     assert "--note names r18, not a finished model (baseline, sd_003)" in capsys.readouterr().err
     assert results_script.main([str(run), "--out", str(out), "--note", "no-equals-sign"]) == 2
     assert "expected MODEL=TEXT" in capsys.readouterr().err
+
+
+# --- merging partial runs into one record ---------------------------------------------------------
+
+AMD = {"host": "a", "cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "torch": "2.14.1"}
+INTEL = {"host": "b", "cpu": "Intel Xeon", "cpu_count": 2, "torch_threads": 2, "torch": "2.14.1"}
+
+
+def only(run: Path, *models: str) -> Path:
+    """Make ``run`` a run in progress where only ``models`` have finished (the others' metrics deleted)."""
+    for name in ("baseline", "baseline_s1", "sd_003"):
+        if name not in models:
+            for stage in ("models", "eval"):
+                (run / f"pipeline/{stage}/{name}/metrics.json").unlink(missing_ok=True)
+    return run
+
+
+def set_score(run: Path, name: str, mAP: float) -> None:
+    path = run / f"pipeline/eval/{name}/metrics.json"
+    data = json.loads(path.read_text())
+    data.update({"mAP": mAP, "mAP_standard": mAP})
+    path.write_text(json.dumps(data))
+
+
+def test_merge_adds_new_models_keeps_recorded_rows_and_records_where_each_came_from(
+        tmp_path, results_script, monkeypatch, capsys):
+    record = tmp_path / "record.json"
+    # Machine A finished the baseline only.
+    monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
+    run_a = only(make_run(tmp_path / "a"), "baseline")
+    (run_a / "source_commit.txt").write_text("aaaaaaa1111\n")
+    assert results_script.main([str(run_a), "--partial", "--date", "2026-12-06", "--merge-into", str(record)]) == 0
+    first = json.loads(record.read_text())
+    assert [m["model"] for m in first["models"]] == ["baseline"] and first["not_run"] == ["sd_003"]
+    assert "Not run yet: sd_003." in capsys.readouterr().out
+    # A fresh machine B, without A's cache, retrains the baseline (another draw) and trains sd_003.
+    monkeypatch.setattr(results_script, "describe_machine", lambda: INTEL)
+    run_b = make_run(tmp_path / "b")
+    set_score(run_b, "baseline", 0.305)
+    (run_b / "source_commit.txt").write_text("bbbbbbb2222\n")
+    assert results_script.main([str(run_b), "--date", "2026-12-07", "--merge-into", str(record)]) == 0
+    merged = json.loads(record.read_text())
+    base, sd = merged["models"]
+    assert (base["model"], base["mAP"], base["machine"]["cpu"], base["date"]) == ("baseline", 0.30, "AMD EPYC", "2026-12-06")
+    assert (sd["model"], sd["machine"]["cpu"], sd["date"]) == ("sd_003", "Intel Xeon", "2026-12-07")
+    assert (base["source_commit"], sd["source_commit"]) == ("aaaaaaa1111", "bbbbbbb2222")
+    assert base["run_folder"] == str(run_a.resolve()) and sd["run_folder"] == str(run_b.resolve())
+    assert base["wall_time_s"] == sd["wall_time_s"] == 1440.0
+    assert "--date 2026-12-06" in base["collected_by"] and "--date 2026-12-07" in sd["collected_by"]
+    assert merged["not_run"] == [] and len(merged["merges"]) == 2
+    assert merged["merges"][1]["added"] == ["sd_003"] and merged["merges"][1]["kept"] == ["baseline"]
+    assert "not bit-identical" in merged["machine_note"] and "AMD EPYC" in merged["machine_note"]
+    out, err = capsys.readouterr()
+    assert "kept: baseline" in err and "--replace MODEL" in err
+    assert "| 2-core AMD EPYC | 2026-12-06 | aaaaaaa |" in out and "| 2-core Intel Xeon | 2026-12-07 | bbbbbbb |" in out
+    assert "Rows from 2 machines" in out
+    # Asked for explicitly, the rerun replaces the recorded row.
+    assert results_script.main([str(run_b), "--merge-into", str(record), "--replace", "baseline"]) == 0
+    replaced = json.loads(record.read_text())
+    assert replaced["models"][0]["mAP"] == 0.305 and replaced["models"][0]["machine"]["cpu"] == "Intel Xeon"
+    assert replaced["merges"][-1]["replaced"] == ["baseline"]
+    assert replaced["machine_note"] is None  # every row is from machine B now
+
+
+def test_merge_refuses_another_recipe_and_names_the_keys(tmp_path, results_script, capsys):
+    record = tmp_path / "record.json"
+    assert results_script.main([str(make_run(tmp_path / "a")), "--merge-into", str(record)]) == 0
+    before = record.read_bytes()
+    other = make_run(tmp_path / "b")
+    params = yaml.safe_load((other / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    params["optim"] = {"lr": 0.01}
+    (other / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    capsys.readouterr()
+    assert results_script.main([str(other), "--merge-into", str(record), "--replace", "baseline"]) == 2
+    err = capsys.readouterr().err
+    assert "another recipe" in err and "train.epochs: record 2, run 3" in err and "optim.lr: record" in err
+    assert "is unchanged" in err and record.read_bytes() == before
+
+
+def test_what_may_differ_between_runs_does_not_split_the_recipe(tmp_path, results_script):
+    base = make_run(tmp_path / "a")
+    other = make_run(tmp_path / "b", tracking=True)
+    params = yaml.safe_load((other / "params.yaml").read_text())
+    params["data"]["root"] = "/elsewhere/Market-1501"
+    params["train"]["seed"] = 5
+    (other / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    a = results_script.collect(base, use_mlflow=False)
+    b = results_script.collect(other, use_mlflow=False)
+    assert results_script.recipe_differences(a["base_config"], b["base_config"]) == {}
+    # A setting the older record lacks counts as the code's default: equal at the default, a difference otherwise.
+    old = json.loads(json.dumps(a["base_config"]))
+    del old["train"]["nproc"]
+    assert results_script.recipe_differences(old, b["base_config"]) == {}
+    b["base_config"]["train"]["nproc"] = 2
+    assert results_script.recipe_differences(old, b["base_config"]) == {"train.nproc": {"record": "auto", "run": 2}}
+
+
+def test_a_recorded_results_file_starts_a_record_and_replace_must_name_a_finished_model(tmp_path, results_script, capsys):
+    run = make_run(tmp_path / "run")
+    add_seed_replicate(run, 0.31, 0.51)
+    single = tmp_path / "single.json"
+    assert results_script.main([str(run), "--date", "2026-12-06", "--out", str(single)]) == 0
+    record = tmp_path / "record.json"
+    assert results_script.main(["--from-record", str(single), "--merge-into", str(record)]) == 0
+    data = json.loads(record.read_text())
+    assert [m["model"] for m in data["models"]] == ["baseline", "baseline_s1", "sd_003"]
+    assert {m["date"] for m in data["models"]} == {"2026-12-06"}
+    assert all(m["run_folder"] == str(run.resolve()) for m in data["models"])
+    groups = data["seed_groups"]["mAP"]
+    assert [g["runs"] for g in groups["groups"]] == [["baseline", "baseline_s1"], ["sd_003"]]
+    assert groups["groups"][0]["spread"] == pytest.approx(1.0)
+    (comp,) = groups["comparisons"]
+    assert (comp["group"], comp["reference"], comp["verdict"]) == ("sd_003", "baseline", "undecided")
+    assert comp["pairs"] == [{"seed": 0, "value": 32.0, "reference_value": 30.0, "delta": pytest.approx(2.0)}]
+    assert "`sd_003` has 1 seed" in comp["sentence"]
+    assert "## Seed groups and paired comparison (mAP)" in capsys.readouterr().out
+    # A merged record is not one run's results; --replace must name a model of the run.
+    assert results_script.main(["--from-record", str(record), "--merge-into", str(tmp_path / "r2.json")]) == 2
+    assert "is a merged record" in capsys.readouterr().err
+    assert results_script.main(["--from-record", str(single), "--merge-into", str(record), "--replace", "kd"]) == 2
+    assert "--replace names kd, not a finished model" in capsys.readouterr().err
+
+
+def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, monkeypatch):
+    monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
+    run = make_run(tmp_path / "run")
+    add_seed_replicate(run, 0.31, 0.51)
+    record = tmp_path / "record.json"
+    assert results_script.main([str(run), "--date", "2026-12-07", "--merge-into", str(record)]) == 0
+    start = results_script.BLOCK_START.format(record="r.json")
+    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    for path in (readme, results_md):
+        path.write_text(f"# Title\n\n{start}\nold rows\n{results_script.BLOCK_END}\n\nafter\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"models": ["baseline", "baseline_s1", "sd_003", "kd_r18"]}}))
+    results_script.write_docs(record, readme, results_md, params)
+    text = readme.read_text()
+    assert "old rows" not in text and text.endswith(f"{results_script.BLOCK_END}\n\nafter\n")
+    assert ("| Market-1501 mAP, CPU track (resnet34 from scratch, 64 x 32, 2 epochs; not the ImageNet recipe): "
+            "`baseline`: no distillation, seeds 0 / 1 | 30.0 / 31.0 (mean 30.5, range 1.0) | 2-core AMD EPYC, "
+            "2026-12-07 |") in text
+    assert "| `sd_003`: self-distillation, feature coefficient 0.03 (sample_mean), seed 0 | 32.0; +1.5 over `baseline` |" in text
+    assert "* `sd_003` vs `baseline` (mAP gain +1.5 so far): undecided, `sd_003` has 1 seed" in text
+    assert "* Not yet run under this recipe: `kd_r18`" in text
+    docs = results_md.read_text()
+    assert "#### Seed groups and paired comparison (mAP)" in docs and "Not run yet: kd_r18." in docs
+    # A document without its block is an error, and nothing is written.
+    readme.write_text("# no block\n")
+    with pytest.raises(results_script.ResultsError, match="0 generated blocks"):
+        results_script.write_docs(record, readme, results_md, params)
+    assert readme.read_text() == "# no block\n"

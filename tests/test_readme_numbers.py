@@ -32,18 +32,15 @@ def backbone(record: dict[str, Any], name: str) -> dict[str, Any]:
     return next(r for r in record["results"] if r["backbone"] == name)
 
 
+# The CPU track before the recipe changes: docs/RESULTS.md's history section, never the README.
 CPU_TRACK = "market1501_cpu_2026-12-03.json"
+# The CPU track of the current recipe: one record merged from its runs (scripts/market_cpu_results.py).
+CPU_RECORD = "market1501_cpu_recipe_2026-12-06.json"
+SCRIPT = REPO / "scripts" / "market_cpu_results.py"
 
-# README "What we measured": (text that identifies the row, results file, the values of its result cell in order).
+# README "What we measured", the table after the generated CPU-track block: (text that identifies the
+# row, results file, the values of its result cell in order).
 HEADLINES: list[tuple[str, str, Callable[[dict[str, Any]], list[float]]]] = [
-    ("ResNet-18 baseline, seeds 0 / 1", CPU_TRACK,
-     lambda r: [100 * model(r, "baseline")["mAP"], 100 * model(r, "baseline_s1")["mAP"]]),
-    ("baseline rerun after the recipe changes", "market1501_cpu_2026-12-06_baseline_recipe.json",
-     lambda r: [100 * model(r, "baseline")["mAP"]]),
-    ("offline KD", CPU_TRACK,
-     lambda r: [100 * model(r, "kd_r18")["mAP"], r["seed_spread"]["models"]["kd_r18"]["mAP_delta"]]),
-    ("`ds_ctrl`", CPU_TRACK,
-     lambda r: [100 * model(r, "ds_ctrl")["mAP"], 100 * model(r, "sd_003")["mAP"]]),
     ("Market-size evaluation", "evaluation_2026-12-03_keyed_2threads_idle.json",
      lambda r: [r["cases"]["market_hard"]["ours_best_s"], r["cases"]["market_hard"]["speedup_best"]]),
     ("ResNet-50 inference", "inference_cpu_2026-12-03.json",
@@ -52,9 +49,12 @@ HEADLINES: list[tuple[str, str, Callable[[dict[str, Any]], list[float]]]] = [
 ]
 
 
-def section_table(text: str, heading: str) -> list[list[str]]:
-    """The cells of the first markdown table after ``heading`` (header and rule rows dropped)."""
+def section_table(text: str, heading: str, after: str | None = None) -> list[list[str]]:
+    """The cells of the first markdown table after ``heading`` (and after ``after`` when given; header and
+    rule rows dropped)."""
     start = text.index(heading)
+    if after is not None:
+        start = text.index(after, start)
     rows = []
     for line in text[start:].splitlines()[1:]:
         if line.startswith("|"):
@@ -86,7 +86,7 @@ def check_row(what: str, cell: str, expected: list[float]) -> None:
 
 
 def test_readme_headline_numbers_equal_their_results_files() -> None:
-    rows = section_table((REPO / "README.md").read_text(), "## What we measured")
+    rows = section_table((REPO / "README.md").read_text(), "## What we measured", after=END_OF_BLOCK)
     assert len(rows) >= len(HEADLINES), rows
     for what, result, machine, source in rows:
         spec = [h for h in HEADLINES if h[0] in what]
@@ -102,11 +102,11 @@ def test_readme_headline_numbers_equal_their_results_files() -> None:
 
 
 def test_results_cpu_track_table_equals_its_record() -> None:
-    """Every cell of docs/RESULTS.md's CPU-track table, from market1501_cpu_2026-12-03.json."""
+    """Every cell of docs/RESULTS.md's history table (the earlier recipe), from market1501_cpu_2026-12-03.json."""
     text = (REPO / "docs" / "RESULTS.md").read_text()
     assert f"(../benchmarks/results/{CPU_TRACK})" in text
     record = load(CPU_TRACK)
-    rows = section_table(text, "## Market-1501, CPU track")
+    rows = section_table(text, "## History: the CPU track before the recipe changes")
     assert [r[0] for r in rows] == [m["model"] for m in record["models"]]
     spread = record["seed_spread"]["models"]
     for row in rows:
@@ -126,3 +126,63 @@ def test_results_cpu_track_table_equals_its_record() -> None:
                                                 ("0.38", 0.384, True), ("1.5", 2.61, False)])
 def test_number_comparison_rounds_as_written(written: str, value: float, ok: bool) -> None:
     assert same(written, value) is ok
+
+
+# --- the generated CPU-track blocks (current recipe) ----------------------------------------------
+
+END_OF_BLOCK = "<!-- end of the generated block -->"
+
+
+@pytest.fixture(scope="module")
+def results_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("market_cpu_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/RESULTS.md"])
+def test_cpu_track_blocks_are_generated_from_the_current_record(doc: str, results_script) -> None:
+    """The block equals what `--readme` writes today from the record it names: regenerate after a merge."""
+    text = (REPO / doc).read_text()
+    (found,) = list(results_script.BLOCK.finditer(text))
+    assert found.group(1) == f"benchmarks/results/{CPU_RECORD}"
+    record = load(CPU_RECORD)
+    recorded = {m["model"] for m in record["models"]}
+    record["not_run"] = [n for n in results_script.declared_models() if n not in recorded]
+    block = (results_script.readme_block(record, found.group(1), results_script.declared_models()) if doc == "README.md"
+             else results_script.results_block(record, found.group(1)))
+    assert found.group(0) == block, (f"{doc}'s CPU-track block is stale: run python scripts/market_cpu_results.py "
+                                     f"--readme benchmarks/results/{CPU_RECORD}")
+
+
+def test_readme_cpu_track_rows_equal_the_record() -> None:
+    """Independently of the generator: each row's per-seed mAPs, machine and date are the record's, and every
+    model declared but not recorded is named as pending."""
+    text = (REPO / "README.md").read_text()
+    record = load(CPU_RECORD)
+    rows = section_table(text, "## What we measured", after="<!-- generated by:")
+    groups = record["seed_groups"]["mAP"]["groups"]
+    assert len(rows) == len(groups) >= 1
+    for row, group in zip(rows, groups):
+        what, result, machine, source = row
+        members = [model(record, name) for name in group["runs"]]
+        assert f"`{group['name']}`" in what and f"(benchmarks/results/{CPU_RECORD})" in source
+        written = numbers(result)[:len(members)]
+        check_row(what, " ".join(written), [100 * m["mAP"] for m in members])
+        for m in members:
+            assert m["machine"]["cpu"] in machine and f"{m['machine']['cpu_count']}-core" in machine
+            assert str(m["date"])[:10] in machine
+    block = text[text.index("<!-- generated by:"):text.index(END_OF_BLOCK)]
+    recorded = {m["model"] for m in record["models"]}
+    import yaml
+
+    declared = yaml.safe_load((REPO / "scripts" / "market_cpu_params.yaml").read_text())["evaluate"]["models"]
+    for name in declared:
+        if name not in recorded:
+            assert f"`{name}`" in block.split("Not yet run under this recipe:")[1], f"{name} is neither recorded nor pending"
+    # One recipe only: no row of the earlier record is in the README.
+    assert CPU_TRACK not in text

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reid.config import validate
-from reid.seed_spread import Run, differences, replicate_signature, spread_markdown
+from reid.seed_spread import (EXCEEDS, UNDECIDED, WITHIN, Run, differences, group_markdown, groups,
+                              paired_comparisons, replicate_signature, spread_markdown)
 
 
 def config(seed: int = 0, backbone: str = "resnet34", out: str = "pipeline/models/x", **kd):
@@ -82,3 +83,70 @@ def test_one_seed_everywhere_says_the_spread_is_unknown():
     assert sd.delta["mAP"] == pytest.approx(5.0) and sd.beyond["mAP"] is None
     assert "| sd_003 | baseline | 45.0 | +5.0 | 65.0 | +5.0 | spread unknown (one seed) |" in spread_markdown(runs)
     assert spread_markdown([]) == ""
+
+
+def kd_runs(baseline_maps, kd_maps) -> list[Run]:
+    """ResNet-18 baseline and its born-again KD student, one model per seed (seed = list index)."""
+    runs = [Run("baseline" if s == 0 else f"baseline_s{s}", config(s, backbone="resnet18", out=f"b{s}"),
+                {"mAP": v, "rank1": v + 20}) for s, v in enumerate(baseline_maps)]
+    runs += [Run("kd_r18" if s == 0 else f"kd_r18_s{s}",
+                 config(s, backbone="resnet18", out=f"k{s}", teacher_checkpoint=TEACHER), {"mAP": v, "rank1": v + 20})
+             for s, v in enumerate(kd_maps)]
+    return runs
+
+
+def test_groups_collect_the_seed_replicates_in_order():
+    found = groups(kd_runs([34.0, 35.0, 34.5], [36.0, 37.0]))
+    assert [[r.name for r in g.runs] for g in found] == [["baseline", "baseline_s1", "baseline_s2"],
+                                                          ["kd_r18", "kd_r18_s1"]]
+    assert groups([]) == []
+
+
+def test_paired_comparison_per_seed_with_mean_min_max():
+    (comp,) = paired_comparisons(kd_runs([34.0, 35.0, 34.5], [36.0, 35.5, 37.5]))
+    assert comp.group.name == "kd_r18" and comp.reference.name == "baseline"
+    assert [(p.seed, p.delta) for p in comp.pairs] == [(0, pytest.approx(2.0)), (1, pytest.approx(0.5)),
+                                                        (2, pytest.approx(3.0))]
+    assert comp.delta_stats() == (pytest.approx(11 / 6), pytest.approx(0.5), pytest.approx(3.0))
+    assert comp.gain == pytest.approx(36.333333 - 34.5)
+    # The baseline's range is 1.0 and the mean gain 1.83: it exceeds the range, though seed 1's delta does not.
+    assert comp.verdict() == EXCEEDS
+    text = comp.sentence()
+    assert "the gain of +1.8 exceeds `baseline`'s seed-to-seed range of 1.0" in text
+    assert "paired per seed +2.0, +0.5, +3.0 (mean +1.8, min +0.5, max +3.0; 2 of 3 beyond the range)" in text
+
+
+@pytest.mark.parametrize("baseline_maps, kd_maps, verdict, words", [
+    ([34.0, 36.0, 35.0], [36.0, 36.5, 36.0], WITHIN, "the gain of +1.2 does not exceed"),  # range 2.0
+    ([34.0, 34.2], [33.0, 33.1], EXCEEDS, "the difference of -1.1 exceeds"),  # a loss beyond the range counts too
+    ([34.0], [36.0, 37.0, 38.0], UNDECIDED, "`baseline` has 1 seed"),
+    ([34.0, 35.0, 34.5], [40.0], UNDECIDED, "`kd_r18` has 1 seed"),
+])
+def test_verdict_needs_two_seeds_in_each_group(baseline_maps, kd_maps, verdict, words):
+    (comp,) = paired_comparisons(kd_runs(baseline_maps, kd_maps))
+    assert comp.verdict() == verdict
+    assert words in comp.sentence()
+    if verdict == UNDECIDED:
+        assert "undecided" in comp.sentence() and "exceed" not in comp.sentence()
+
+
+def test_a_seed_without_a_partner_counts_in_the_mean_but_not_in_the_pairs():
+    runs = kd_runs([34.0, 35.0], [36.0, 36.0, 39.0])  # no baseline of seed 2
+    (comp,) = paired_comparisons(runs)
+    assert [p.seed for p in comp.pairs] == [0, 1]
+    assert comp.gain == pytest.approx(37.0 - 34.5)
+    assert comp.delta_stats() == (pytest.approx(1.5), pytest.approx(1.0), pytest.approx(2.0))
+
+
+def test_group_markdown_table_and_sentences():
+    text = group_markdown(kd_runs([34.0, 35.0, 34.5], [36.0, 35.5, 37.5]))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["baseline"] == ("| baseline | (reference) | 3 | 0: 34.0, 1: 35.0, 2: 34.5 | 34.5 | 1.0 | - | - | - "
+                                "| - | - |")
+    assert rows["kd_r18"] == ("| kd_r18 | baseline | 3 | 0: 36.0, 1: 35.5, 2: 37.5 | 36.3 | 2.0 | +1.8 | "
+                              "0: +2.0, 1: +0.5, 2: +3.0 | +1.8 | +0.5 / +3.0 | exceeds |")
+    assert "- `kd_r18` (3 seeds, mean mAP 36.3) vs `baseline` (3 seeds, mean 34.5)" in text
+    only_baseline = group_markdown(kd_runs([34.9], []))
+    assert "| baseline | (reference) | 1 | 0: 34.9 | 34.9 | unknown |" in only_baseline
+    assert "- `" not in only_baseline  # nothing to compare, so no verdict
+    assert group_markdown([]) == ""
