@@ -103,3 +103,19 @@ def postgres():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture()
+def slurm():
+    """A real one-node SLURM cluster (munged, slurmctld, slurmd; tests/services.py), stopped by pid at the
+    end; skipped, saying what is missing, where SLURM or munge is not installed or the tests are not root."""
+    from services import SlurmCluster, slurm_missing
+
+    missing = slurm_missing()
+    if missing:
+        pytest.skip(missing)
+    cluster = SlurmCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -146,3 +146,149 @@ class PostgresCluster:
         """Stop the postmaster by the pid in its pid file (immediate: nothing to keep), remove the folder."""
         stop_pid(read_pid(self.data / "postmaster.pid"), signal.SIGQUIT)  # PostgreSQL's immediate shutdown
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- SLURM ---------------------------------------------------------------------------------------------
+
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "scancel", "sinfo")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+
+
+def slurm_missing() -> str | None:
+    """Why a one-node SLURM cluster cannot be started here, or None."""
+    absent = [t for t in SLURM_TOOLS if shutil.which(t) is None and not Path("/usr/sbin", t).is_file()]
+    if absent:
+        return f"SLURM/munge not installed (no {', '.join(absent)}; Debian: apt-get install slurm-wlm munge)"
+    if os.geteuid() != 0:
+        return "the one-node SLURM cluster runs its daemons as root (SlurmUser=root) and munged as munge"
+    if not MUNGE_KEY.is_file():
+        return f"no munge key at {MUNGE_KEY} (the Debian munge package creates it)"
+    try:
+        pwd.getpwnam("munge")
+    except KeyError:
+        return "no 'munge' user to run munged (the Debian munge package creates it)"
+    return None
+
+
+def _daemon(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+@dataclass
+class SlurmCluster:
+    """munged + slurmctld + slurmd on this machine: one node, one partition, everything under ``root``.
+
+    ``env`` is what a client needs (``SLURM_CONF``); pass it to ``sbatch``/``reid sweep``. The recipe:
+    ``ProctrackType=proctrack/linuxproc`` and ``TaskPlugin=task/none`` (no cgroups needed), no accounting
+    (a job's end is read from ``scontrol show job``), a munged of our own on a socket in ``root``.
+    """
+
+    root: Path
+    host: str
+    cpus: int
+    pids: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def logs(self, lines: int = 30) -> str:
+        out = []
+        for log in sorted(self.root.glob("log/*.log")) + [self.root / "munge" / "munged.log"]:
+            if log.is_file():
+                text = log.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {log.name}\n" + "\n".join(text))
+        return "\n".join(out)
+
+    @classmethod
+    def start(cls, cpus: int | None = None) -> "SlurmCluster":
+        host = socket.gethostname().split(".")[0]
+        cluster = cls(Path(tempfile.mkdtemp(prefix="reid-slurm-")), host, cpus or os.cpu_count() or 1)
+        root = cluster.root
+        os.chmod(root, 0o755)  # munged checks that every folder above its socket is reachable by all
+        munge_dir = root / "munge"
+        munge_dir.mkdir(mode=0o755)
+        entry = pwd.getpwnam("munge")
+        os.chown(munge_dir, entry.pw_uid, entry.pw_gid)
+        for sub in ("state", "spool", "log"):
+            (root / sub).mkdir()
+        try:
+            subprocess.run(["runuser", "-u", "munge", "--", _daemon("munged"), f"--socket={munge_dir / 'munge.sock'}",
+                            f"--pid-file={munge_dir / 'munged.pid'}", f"--log-file={munge_dir / 'munged.log'}",
+                            f"--seed-file={munge_dir / 'munged.seed'}"],
+                           check=True, capture_output=True, text=True, timeout=30)
+            cluster.pids["munged"] = munge_dir / "munged.pid"
+            cluster.conf.write_text(cluster.config(free_port(), free_port()))
+            for daemon in ("slurmctld", "slurmd"):
+                subprocess.run([_daemon(daemon), "-f", str(cluster.conf)], env=cluster.env, check=True,
+                               capture_output=True, text=True, timeout=60)
+                cluster.pids[daemon] = root / f"{daemon}.pid"
+            cluster.wait_idle(60)
+        except (subprocess.SubprocessError, RuntimeError) as exc:
+            detail = getattr(exc, "stderr", "") or ""
+            logs = cluster.logs()
+            cluster.stop()
+            raise RuntimeError(f"the one-node SLURM cluster did not start: {exc}\n{detail}\n{logs}") from None
+        return cluster
+
+    def config(self, ctld_port: int, slurmd_port: int) -> str:
+        r = self.root
+        return "\n".join([
+            "ClusterName=reidtest",
+            f"SlurmctldHost={self.host}(127.0.0.1)",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={slurmd_port}",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={r / 'munge' / 'munge.sock'}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SchedulerType=sched/builtin",
+            "ReturnToService=2",
+            "MpiDefault=none",
+            "JobCompType=jobcomp/none",
+            "AccountingStorageType=accounting_storage/none",
+            "KillWait=5",
+            f"StateSaveLocation={r / 'state'}",
+            f"SlurmdSpoolDir={r / 'spool'}",
+            f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+            f"SlurmdPidFile={r / 'slurmd.pid'}",
+            f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
+            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
+            f"PartitionName=reid Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+        ]) + "\n"
+
+    def wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            proc = subprocess.run(["sinfo", "-h", "-o", "%T"], env=self.env, capture_output=True, text=True)
+            seen = (proc.stdout + proc.stderr).strip()
+            if proc.returncode == 0 and seen.split() and all(s == "idle" for s in seen.split()):
+                return
+            time.sleep(0.3)
+        raise RuntimeError(f"the node is not idle after {timeout:.0f} s (sinfo: {seen!r})")
+
+    def stop(self) -> None:
+        """Cancel what is left, stop slurmd, slurmctld and munged by the pids they wrote, remove the folder."""
+        if "slurmctld" in self.pids:
+            subprocess.run(["scancel", "--full", "--partition=reid"], env=self.env, capture_output=True, timeout=30)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                queue = subprocess.run(["squeue", "-h"], env=self.env, capture_output=True, text=True, timeout=30)
+                if queue.returncode != 0 or not queue.stdout.strip():
+                    break
+                time.sleep(0.3)
+        for daemon in ("slurmd", "slurmctld", "munged"):
+            if daemon in self.pids:
+                stop_pid(read_pid(self.pids[daemon]))
+        shutil.rmtree(self.root, ignore_errors=True)
