@@ -84,7 +84,9 @@ def main() -> None:
         run(["git", "clone", "-q", str(origin), str(other)], tmp)
         names = sorted(jobs)
         dvc("exp", "pull", "origin", *names, cwd=other)
-        table = dvc("exp", "show", "--no-pager", "--md", "--only-changed", cwd=other).stdout
+        shown_command = ["exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep",
+                         r"Experiment$|Created$|train\.seed$|pipeline/eval/baseline/metrics\.json:(mAP|rank1)$"]
+        table = dvc(*shown_command, cwd=other).stdout
         client = client_of(server)
         experiment = client.get_experiment_by_name("sweep")
         runs = [{"run_name": r.info.run_name, "dvc_exp": r.data.tags.get("dvc_exp"), "status": r.info.status,
@@ -94,7 +96,7 @@ def main() -> None:
             "benchmark": "a sweep of tiny DVC experiments through a one-node SLURM cluster (reid sweep submit --wait)",
             "date": dt.date.today().isoformat(),
             "command": f"benchmarks/bench_sweep.py --experiments {args.experiments}",
-            "sweep_command": " ".join(command[:-4] + ["--name", "bench", "--wait"]),
+            "sweep_command": " ".join(command[:7] + ["--dir", "<tmp>/sweeps/bench", "--wait"]),
             "slurm": subprocess.run(["slurmctld", "-V"], capture_output=True, text=True).stdout.strip(),
             "node_cpus": slurm.cpus,
             "cpus_per_job": 1,
@@ -105,7 +107,8 @@ def main() -> None:
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "results": {"wall_s": round(wall_s, 1), "experiments": len(jobs), "jobs": jobs,
-                        "sweep_output": proc.stdout, "dvc_exp_show": table, "mlflow_runs": runs},
+                        "sweep_output": proc.stdout,
+                        "dvc_exp_show_command": "dvc " + " ".join(shown_command), "dvc_exp_show": table, "mlflow_runs": runs},
         }
         args.out.write_text(json.dumps(record, indent=2) + "\n")
         print(proc.stdout)
