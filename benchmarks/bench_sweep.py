@@ -98,7 +98,7 @@ def main() -> None:
             "command": f"benchmarks/bench_sweep.py --experiments {args.experiments}",
             "sweep_command": " ".join(command[:7] + ["--dir", "<tmp>/sweeps/bench", "--wait"]),
             "slurm": subprocess.run(["slurmctld", "-V"], capture_output=True, text=True).stdout.strip(),
-            "node_cpus": slurm.cpus,
+            "nodes": len(slurm.nodes), "cpus_per_node": slurm.cpus_per_node,
             "cpus_per_job": 1,
             "experiment": "the baseline at 64 x 32 on synthetic data, 1 epoch of 2 steps; stages train, evaluate, "
                           "export, compare (prepare pulled from the DVC remote)",

@@ -130,7 +130,7 @@ class Sweep:
     scratch: str               # where each job makes its clone (a shell expression, expanded in the job)
     experiments: list[Experiment]
     resources: Resources = field(default_factory=Resources)
-    rendezvous_port: int = 29400
+    rendezvous_port: int = 29400  # the first of 1000 ports: a job uses this + its job id % 1000
 
     # -- the plan file -------------------------------------------------------------------------------
     def save(self) -> None:
@@ -200,7 +200,7 @@ LAUNCHER = """#!/usr/bin/env bash
 if [ "${1:-}" = train ]; then
   exec srun --nodes="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \\
     "$REID_PYTHON" -m torch.distributed.run --nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node=%(nproc)s \\
-    --rdzv-backend=c10d --rdzv-endpoint="$REID_RDZV_HOST:%(port)d" --rdzv-id="$SLURM_JOB_ID" \\
+    --rdzv-backend=c10d --rdzv-endpoint="$REID_RDZV_HOST:$REID_RDZV_PORT" --rdzv-id="$SLURM_JOB_ID" \\
     -m reid.cli "$@"
 fi
 exec "$REID_PYTHON" -m reid.cli "$@"
@@ -235,12 +235,16 @@ def job_script(sweep: Sweep, exp: Experiment) -> str:
              f"git checkout -q {q(sweep.rev)}",
              "export DVC_NO_ANALYTICS=1"]
     if res.nodes > 1:
-        launcher = LAUNCHER % {"nproc": max(1, res.gpus_per_node), "port": sweep.rendezvous_port}
+        launcher = LAUNCHER % {"nproc": max(1, res.gpus_per_node)}
         lines += ['mkdir -p "$work/bin"',
                   f"cat > \"$work/bin/reid\" <<'LAUNCHER'\n{launcher}LAUNCHER",
                   'chmod +x "$work/bin/reid"',
                   'export REID_PYTHON="$(command -v python)"',
-                  'export REID_RDZV_HOST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                  # The first node's address (NodeAddr: its NodeName unless the cluster says otherwise),
+                  # and a port of this job's own, so that two jobs sharing a first node do not collide.
+                  'first_node="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+                  'export REID_RDZV_HOST="$(scontrol show node "$first_node" | grep -o "NodeAddr=[^ ]*" | cut -d= -f2)"',
+                  f'export REID_RDZV_PORT=$(({sweep.rendezvous_port} + SLURM_JOB_ID % 1000))',
                   'export PATH="$work/bin:$PATH"']
     lines += ["dvc pull --allow-missing",  # outputs of stages not run yet: the experiment makes them
               f"dvc exp run -n {q(exp.name)} {sets}",

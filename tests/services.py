@@ -176,16 +176,20 @@ def _daemon(name: str) -> str:
 
 @dataclass
 class SlurmCluster:
-    """munged + slurmctld + slurmd on this machine: one node, one partition, everything under ``root``.
+    """munged + slurmctld + one slurmd per node on this machine, one partition, everything under ``root``.
 
-    ``env`` is what a client needs (``SLURM_CONF``); pass it to ``sbatch``/``reid sweep``. The recipe:
-    ``ProctrackType=proctrack/linuxproc`` and ``TaskPlugin=task/none`` (no cgroups needed), no accounting
-    (a job's end is read from ``scontrol show job``), a munged of our own on a socket in ``root``.
+    The nodes (``n1``, ``n2``, ...) are this machine split in parts (its CPUs shared out), each its own
+    ``slurmd -N NAME`` on its own port: one-node jobs run side by side, and a two-node job runs
+    ``srun`` across both as on two machines. ``env`` is what a client needs (``SLURM_CONF``); pass it
+    to ``sbatch``/``reid sweep``. The recipe: ``ProctrackType=proctrack/linuxproc`` and
+    ``TaskPlugin=task/none`` (no cgroups needed), no accounting (a job's end is read from ``scontrol
+    show job``), a munged of our own on a socket in ``root``.
     """
 
     root: Path
     host: str
-    cpus: int
+    cpus_per_node: int
+    nodes: list[str]
     pids: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -205,9 +209,10 @@ class SlurmCluster:
         return "\n".join(out)
 
     @classmethod
-    def start(cls, cpus: int | None = None) -> "SlurmCluster":
+    def start(cls, nodes: int = 2) -> "SlurmCluster":
         host = socket.gethostname().split(".")[0]
-        cluster = cls(Path(tempfile.mkdtemp(prefix="reid-slurm-")), host, cpus or os.cpu_count() or 1)
+        cpus = max(1, (os.cpu_count() or 1) // nodes)
+        cluster = cls(Path(tempfile.mkdtemp(prefix="reid-slurm-")), host, cpus, [f"n{i}" for i in range(1, nodes + 1)])
         root = cluster.root
         os.chmod(root, 0o755)  # munged checks that every folder above its socket is reachable by all
         munge_dir = root / "munge"
@@ -222,11 +227,14 @@ class SlurmCluster:
                             f"--seed-file={munge_dir / 'munged.seed'}"],
                            check=True, capture_output=True, text=True, timeout=30)
             cluster.pids["munged"] = munge_dir / "munged.pid"
-            cluster.conf.write_text(cluster.config(free_port(), free_port()))
-            for daemon in ("slurmctld", "slurmd"):
-                subprocess.run([_daemon(daemon), "-f", str(cluster.conf)], env=cluster.env, check=True,
+            cluster.conf.write_text(cluster.config(free_port()))
+            subprocess.run([_daemon("slurmctld"), "-f", str(cluster.conf)], env=cluster.env, check=True,
+                           capture_output=True, text=True, timeout=60)
+            cluster.pids["slurmctld"] = root / "slurmctld.pid"
+            for node in cluster.nodes:
+                subprocess.run([_daemon("slurmd"), "-f", str(cluster.conf), "-N", node], env=cluster.env, check=True,
                                capture_output=True, text=True, timeout=60)
-                cluster.pids[daemon] = root / f"{daemon}.pid"
+                cluster.pids[f"slurmd-{node}"] = root / f"slurmd-{node}.pid"
             cluster.wait_idle(60)
         except (subprocess.SubprocessError, RuntimeError) as exc:
             detail = getattr(exc, "stderr", "") or ""
@@ -235,13 +243,14 @@ class SlurmCluster:
             raise RuntimeError(f"the one-node SLURM cluster did not start: {exc}\n{detail}\n{logs}") from None
         return cluster
 
-    def config(self, ctld_port: int, slurmd_port: int) -> str:
+    def config(self, ctld_port: int) -> str:
         r = self.root
+        nodes = [f"NodeName={n} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={free_port()} "
+                 f"CPUs={self.cpus_per_node} State=UNKNOWN" for n in self.nodes]
         return "\n".join([
             "ClusterName=reidtest",
             f"SlurmctldHost={self.host}(127.0.0.1)",
             f"SlurmctldPort={ctld_port}",
-            f"SlurmdPort={slurmd_port}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={r / 'munge' / 'munge.sock'}",
@@ -258,13 +267,13 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none",
             "KillWait=5",
             f"StateSaveLocation={r / 'state'}",
-            f"SlurmdSpoolDir={r / 'spool'}",
+            f"SlurmdSpoolDir={r / 'spool'}/%n",  # %n: the node's name, one folder per slurmd
             f"SlurmctldPidFile={r / 'slurmctld.pid'}",
-            f"SlurmdPidFile={r / 'slurmd.pid'}",
+            f"SlurmdPidFile={r / 'slurmd-%n.pid'}",
             f"SlurmctldLogFile={r / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={r / 'log' / 'slurmd.log'}",
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
-            f"PartitionName=reid Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+            f"SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}",
+            *nodes,
+            f"PartitionName=reid Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP",
         ]) + "\n"
 
     def wait_idle(self, timeout: float) -> None:
@@ -288,7 +297,7 @@ class SlurmCluster:
                 if queue.returncode != 0 or not queue.stdout.strip():
                     break
                 time.sleep(0.3)
-        for daemon in ("slurmd", "slurmctld", "munged"):
+        for daemon in [*(f"slurmd-{n}" for n in self.nodes), "slurmctld", "munged"]:
             if daemon in self.pids:
                 stop_pid(read_pid(self.pids[daemon]))
         shutil.rmtree(self.root, ignore_errors=True)

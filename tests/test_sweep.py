@@ -4,9 +4,10 @@ The fast tests check the grid and the job script. The slow test starts munged/sl
 (tests/services.py: a config it writes, stopped by pid afterwards), a throwaway PostgreSQL and an
 `mlflow server` on it, and a project like tests/test_pipeline.py's (tiny sizes, synthetic data) with a
 bare git remote and a local DVC remote in the test's folder. Two experiments go through the real
-`sbatch`: one is `scancel`ed mid-run, reported by `reid sweep wait` and resubmitted alone. Afterwards a
-fresh clone's `dvc exp pull` + `dvc exp show` lists both with their parameters and metrics, and the
-MLflow server holds one finished run per experiment.
+`sbatch`: one is `scancel`ed mid-run, reported by `reid sweep status` and resubmitted alone; a third
+runs on both nodes of the cluster (srun + torchrun). Afterwards a fresh clone's `dvc exp pull` + `dvc
+exp show` lists all three with their parameters and metrics, and the MLflow server holds one finished
+run per experiment.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def test_multi_node_job_trains_under_srun_and_torchrun(tmp_path: Path) -> None:
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script
     assert "srun --nodes=\"$SLURM_JOB_NUM_NODES\" --ntasks-per-node=1" in script
     assert "--nproc-per-node=4" in script and "--rdzv-backend=c10d" in script
-    assert '--rdzv-endpoint="$REID_RDZV_HOST:29400"' in script
+    assert '--rdzv-endpoint="$REID_RDZV_HOST:$REID_RDZV_PORT"' in script
+    assert "REID_RDZV_PORT=$((29400 + SLURM_JOB_ID % 1000))" in script
     assert script.index('export PATH="$work/bin:$PATH"') < script.index("dvc exp run")
     proc = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
     assert proc.returncode == 0, proc.stderr
@@ -160,6 +162,12 @@ def test_sweep_on_slurm_as_dvc_experiments(tmp_path: Path, slurm, postgres, synt
         assert "exit 0" in done.stdout, done.stdout
         assert len(Sweep.load(folder).experiment("seeds-02").jobs) == 2
 
+        # One experiment on both nodes: `reid train` under srun + torchrun (c10d), one process per node.
+        pair = reid_sweep("submit", "-S", "train.seed=5", "--name", "pair", "--nodes", "2", "--dir",
+                          str(tmp_path / "sweeps" / "pair"), "--wait", cwd=dev, env=env, check=False)
+        assert pair.returncode == 0, pair.stdout + pair.stderr
+        assert "pair-01: COMPLETED" in pair.stdout, pair.stdout
+
         # The shared checkout was never touched: no experiment ran there.
         assert run(["git", "status", "--porcelain"], dev).stdout == ""
         assert not run(["git", "for-each-ref", "refs/exps"], dev).stdout.strip()
@@ -167,12 +175,12 @@ def test_sweep_on_slurm_as_dvc_experiments(tmp_path: Path, slurm, postgres, synt
         # Any machine: a fresh clone pulls both experiments and shows their parameters and metrics.
         other = tmp_path / "other"
         run(["git", "clone", "-q", str(origin), str(other)], tmp_path)
-        dvc("exp", "pull", "origin", "seeds-01", "seeds-02", cwd=other)
+        dvc("exp", "pull", "origin", "seeds-01", "seeds-02", "pair-01", cwd=other)
         shown = json.loads(dvc("exp", "show", "--json", cwd=other).stdout)
         exps = {exp["name"]: exp for commit in shown for group in (commit.get("experiments") or [])
                 for exp in group["revs"]}
-        assert {"seeds-01", "seeds-02"} <= set(exps), list(exps)
-        for name, seed in (("seeds-01", 0), ("seeds-02", 1)):
+        assert {"seeds-01", "seeds-02", "pair-01"} <= set(exps), list(exps)
+        for name, seed in (("seeds-01", 0), ("seeds-02", 1), ("pair-01", 5)):
             data = exps[name]["data"]
             assert data["params"]["params.yaml"]["data"]["train"]["seed"] == seed
             evaluated = data["metrics"]["pipeline/eval/baseline/metrics.json"]["data"]
@@ -189,11 +197,12 @@ def test_sweep_on_slurm_as_dvc_experiments(tmp_path: Path, slurm, postgres, synt
         for r in runs:
             if r.info.status == "FINISHED":
                 finished.setdefault(r.data.tags.get("dvc_exp"), []).append(r)
-        assert {k: len(v) for k, v in finished.items()} == {"seeds-01": 1, "seeds-02": 1}, \
+        assert {k: len(v) for k, v in finished.items()} == {"seeds-01": 1, "seeds-02": 1, "pair-01": 1}, \
             [(r.data.tags.get("dvc_exp"), r.info.status) for r in runs]
-        for name, seed in (("seeds-01", 0), ("seeds-02", 1)):
+        for name, seed, world in (("seeds-01", 0, "1"), ("seeds-02", 1, "1"), ("pair-01", 5, "2")):
             (r,) = finished[name]
             assert r.data.params["train.seed"] == str(seed)
+            assert r.data.tags.get("world_size", "1") == world, (name, r.data.tags)
             assert "eval/mAP" in r.data.metrics and "train_step/loss" in r.data.metrics
     finally:
         server.stop()
