@@ -1,13 +1,14 @@
-"""A sweep of tiny DVC experiments through a real one-node SLURM cluster: wall time and what comes back.
+"""A sweep of tiny DVC experiments through a real SLURM cluster: wall time and what comes back.
 
-Starts what the sweep test starts (tests/services.py: munged, slurmctld and slurmd with a config it
-writes; a throwaway PostgreSQL with an `mlflow server` on it), builds the test's tiny project
-(synthetic data, the baseline at 64 x 32, one epoch of two steps, a bare git remote and a local DVC
-remote), then times ``reid sweep submit -S train.seed=0,1,...  --wait``: from the first ``sbatch`` to the
-last job's end, every job cloning, pulling, running the pipeline (train, evaluate, export, compare)
-and pushing its experiment. Afterwards a fresh clone runs ``dvc exp pull`` + ``dvc exp show`` and the
-MLflow server is asked for its runs; both are stored in the record. Needs root, slurm-wlm, munge and
-postgresql (the Debian packages `.ci/run` installs).
+Starts what the sweep test starts (tests/services.py: munged, slurmctld and two slurmd as two nodes
+sharing this machine's CPUs, with a config it writes; a throwaway PostgreSQL with an `mlflow server`
+on it), builds the test's tiny project (synthetic data, the baseline at 64 x 32, one epoch of two
+steps, a bare git remote and a local DVC remote), then times ``reid sweep submit -S
+train.seed=0,1,... --wait``: from the first ``sbatch`` to the last job's end, every job cloning,
+pulling, running the pipeline (train, evaluate, export, compare) and pushing its experiment.
+Afterwards a fresh clone runs ``dvc exp pull`` + ``dvc exp show`` and the MLflow server is asked for
+its runs; both are stored in the record. Needs root, slurm-wlm, munge and postgresql (the Debian
+packages `.ci/run` installs).
 
 Usage:
     .venv/bin/python benchmarks/bench_sweep.py --experiments 4
@@ -93,7 +94,7 @@ def main() -> None:
                  "train.seed": r.data.params.get("train.seed"), "eval/mAP": r.data.metrics.get("eval/mAP")}
                 for r in client.search_runs([experiment.experiment_id], max_results=1000)]
         record = {
-            "benchmark": "a sweep of tiny DVC experiments through a one-node SLURM cluster (reid sweep submit --wait)",
+            "benchmark": "a sweep of tiny DVC experiments through a SLURM cluster on this machine (reid sweep submit --wait)",
             "date": dt.date.today().isoformat(),
             "command": f"benchmarks/bench_sweep.py --experiments {args.experiments}",
             "sweep_command": " ".join(command[:7] + ["--dir", "<tmp>/sweeps/bench", "--wait"]),

@@ -107,8 +107,9 @@ def postgres():
 
 @pytest.fixture()
 def slurm():
-    """A real one-node SLURM cluster (munged, slurmctld, slurmd; tests/services.py), stopped by pid at the
-    end; skipped, saying what is missing, where SLURM or munge is not installed or the tests are not root."""
+    """A real SLURM cluster on this machine (munged, slurmctld, two slurmd as nodes n1 and n2;
+    tests/services.py), stopped by pid at the end; skipped, saying what is missing, where SLURM or munge
+    is not installed or the tests are not root."""
     from services import SlurmCluster, slurm_missing
 
     missing = slurm_missing()

@@ -1,4 +1,4 @@
-"""Real services for the team tests: a throwaway PostgreSQL cluster and a one-node SLURM cluster.
+"""Real services for the team tests: a throwaway PostgreSQL cluster and a SLURM cluster on this machine.
 
 Nothing here is installed or mocked: the Debian binaries must be on the machine (`.ci/run` installs
 `postgresql`, `slurm-wlm` and `munge` when missing) and each fixture skips, naming what is absent,
@@ -155,12 +155,12 @@ MUNGE_KEY = Path("/etc/munge/munge.key")
 
 
 def slurm_missing() -> str | None:
-    """Why a one-node SLURM cluster cannot be started here, or None."""
+    """Why a SLURM cluster cannot be started on this machine, or None."""
     absent = [t for t in SLURM_TOOLS if shutil.which(t) is None and not Path("/usr/sbin", t).is_file()]
     if absent:
         return f"SLURM/munge not installed (no {', '.join(absent)}; Debian: apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
-        return "the one-node SLURM cluster runs its daemons as root (SlurmUser=root) and munged as munge"
+        return "the test SLURM cluster runs its daemons as root (SlurmUser=root) and munged as munge"
     if not MUNGE_KEY.is_file():
         return f"no munge key at {MUNGE_KEY} (the Debian munge package creates it)"
     try:
@@ -240,7 +240,7 @@ class SlurmCluster:
             detail = getattr(exc, "stderr", "") or ""
             logs = cluster.logs()
             cluster.stop()
-            raise RuntimeError(f"the one-node SLURM cluster did not start: {exc}\n{detail}\n{logs}") from None
+            raise RuntimeError(f"the test SLURM cluster did not start: {exc}\n{detail}\n{logs}") from None
         return cluster
 
     def config(self, ctld_port: int) -> str:
@@ -285,7 +285,7 @@ class SlurmCluster:
             if proc.returncode == 0 and seen.split() and all(s == "idle" for s in seen.split()):
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"the node is not idle after {timeout:.0f} s (sinfo: {seen!r})")
+        raise RuntimeError(f"the nodes are not idle after {timeout:.0f} s (sinfo: {seen!r})")
 
     def stop(self) -> None:
         """Cancel what is left, stop slurmd, slurmctld and munged by the pids they wrote, remove the folder."""

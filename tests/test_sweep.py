@@ -1,7 +1,7 @@
-"""`reid sweep`: DVC experiments as SLURM jobs, through a real one-node SLURM cluster.
+"""`reid sweep`: DVC experiments as SLURM jobs, through a real SLURM cluster on this machine.
 
-The fast tests check the grid and the job script. The slow test starts munged/slurmctld/slurmd
-(tests/services.py: a config it writes, stopped by pid afterwards), a throwaway PostgreSQL and an
+The fast tests check the grid and the job script. The slow test starts munged, slurmctld and two
+slurmd as two nodes (tests/services.py: a config it writes, stopped by pid afterwards), a throwaway PostgreSQL and an
 `mlflow server` on it, and a project like tests/test_pipeline.py's (tiny sizes, synthetic data) with a
 bare git remote and a local DVC remote in the test's folder. Two experiments go through the real
 `sbatch`: one is `scancel`ed mid-run, reported by `reid sweep status` and resubmitted alone; a third
