@@ -144,7 +144,10 @@ class Sweep:
         path = Path(folder) / PLAN_FILE
         if not path.is_file():
             raise SweepError(f"{path} does not exist: give the folder `reid sweep submit` printed (--dir)")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise SweepError(f"{path} is not a sweep plan ({exc}); it is written by `reid sweep submit`") from None
         data["folder"] = Path(folder)
         data["experiments"] = [Experiment(**e) for e in data["experiments"]]
         data["resources"] = Resources(**data["resources"])
@@ -274,10 +277,20 @@ def submit_one(sweep: Sweep, exp: Experiment) -> str:
 
 
 def submit(sweep: Sweep) -> list[str]:
+    """One job per experiment; the plan is saved first and after each submission, so a refused
+    ``sbatch`` leaves the submitted jobs recorded and the rest resubmittable by name."""
     require_slurm()
     sweep.folder.mkdir(parents=True, exist_ok=True)
     sweep.save()
-    return [submit_one(sweep, exp) for exp in sweep.experiments]
+    jobs = []
+    for i, exp in enumerate(sweep.experiments):
+        try:
+            jobs.append(submit_one(sweep, exp))
+        except SweepError as exc:
+            rest = " ".join(e.name for e in sweep.experiments[i:])
+            raise SweepError(f"{exc}\n{i} of {len(sweep.experiments)} experiments were submitted; once sbatch "
+                             f"accepts jobs again: reid sweep resubmit {sweep.folder} {rest}") from None
+    return jobs
 
 
 def resubmit(sweep: Sweep, names: list[str]) -> dict[str, str]:

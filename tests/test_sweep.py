@@ -206,3 +206,29 @@ def test_sweep_on_slurm_as_dvc_experiments(tmp_path: Path, slurm, postgres, synt
             assert "eval/mAP" in r.data.metrics and "train_step/loss" in r.data.metrics
     finally:
         server.stop()
+
+
+def test_user_errors_name_the_fix(tmp_path: Path) -> None:
+    """Exit 2 with the fix, before anything is submitted: an unpushed commit, an unknown sweep folder."""
+    from typer.testing import CliRunner
+
+    from reid.cli import app
+
+    repo, origin = tmp_path / "repo", tmp_path / "origin.git"
+    repo.mkdir()
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "init", "-q"], repo)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    (repo / "params.yaml").write_text("train: {seed: 0}\n")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "unpushed"], repo)
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(repo)
+        result = runner.invoke(app, ["sweep", "submit", "-S", "train.seed=0,1", "--name", "s", "--dir",
+                                     str(tmp_path / "sweep")])
+    assert result.exit_code == 2, result.output
+    assert "is not on the git remote 'origin'" in result.output and "git push origin" in result.output
+    assert not (tmp_path / "sweep").exists()
+    result = runner.invoke(app, ["sweep", "wait", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "sweep.json does not exist" in result.output, result.output
