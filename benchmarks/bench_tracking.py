@@ -35,7 +35,7 @@ from benchmarks.machine_info import describe_machine  # noqa: E402
 def untrained_checkpoint(checkpoint: Path, out: Path) -> Path:
     """The checkpoint's architecture and config at its initial weights, as a ``reid train`` checkpoint."""
     from reid.config import validate
-    from reid.engine.checkpoint import read_entry, save_checkpoint
+    from reid.checkpoint import read_entry, save_checkpoint
     from reid.models.reid_model import build_model
 
     config = validate(read_entry(checkpoint, "config"), str(checkpoint))

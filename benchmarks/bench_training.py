@@ -3,11 +3,12 @@
 For every backbone of ``--backbones`` the script builds what the trainer builds for the recipe
 defaults of :class:`reid.config.Config` (last stride 1, BN-neck, label-smoothed ID loss + batch-hard
 triplet loss, Adam; 751 classes like Market-1501; random weights: the cost does not depend on them)
-and times exactly the trainer's step (:meth:`reid.engine.trainer._Trainer._step`): ``zero_grad``,
-forward under the AMP policy's autocast, losses summed in float32, ``scaler.scale(total).backward()``,
-``scaler.step``, ``scaler.update``. Model and input are ``channels_last`` on CUDA when
-``model.channels_last`` (the default), as in the trainer; ``--compile`` wraps the objective in
-``torch.compile`` as ``train.compile`` does.
+and times the trainer's own step, :func:`reid.engine.step.train_step`, imported and called as the
+training loop calls it, over the state :func:`reid.engine.state.build_state` builds: ``zero_grad``,
+forward under the AMP policy's autocast, losses summed in float32, backward, the centre loss's own
+SGD step (the recipe's default) and the main optimiser's step. Model and input are ``channels_last``
+on CUDA when ``model.channels_last`` (the default), as in the trainer; ``--compile`` wraps the
+objective in ``torch.compile`` as ``train.compile`` does (:func:`reid.engine.state.set_frozen`).
 
 The input is a random P x K batch (default 16 x 4 = 64 images of 256 x 128) already on the device, so
 the number is the model's training throughput with no input pipeline. ``--with-augment`` adds the
@@ -61,10 +62,10 @@ MARKET_IDS = 751
 DEFAULT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet50_ibn_a", "resnet101_ibn_a")
 
 from reid.config import Config, validate  # noqa: E402
-from reid.engine.device import amp_policy, configure_backends, resolve_device, seed_everything  # noqa: E402
-from reid.engine.objective import build_objective  # noqa: E402
-from reid.engine.optim import build_optimizer, exclude  # noqa: E402
-from reid.models.reid_model import build_model  # noqa: E402
+from reid.engine.device import configure_backends, resolve_device  # noqa: E402
+from reid.engine.distributed import init_from_env  # noqa: E402
+from reid.engine.state import build_state, set_frozen  # noqa: E402
+from reid.engine.step import train_step  # noqa: E402
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -138,21 +139,17 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
                    precision: str | None = None) -> dict[str, Any]:
     amp_name, tf32 = PRECISIONS[precision] if precision else (None, args.tf32 is not False)
     cfg = config_for(args, backbone, amp_name)
-    set_tf32(device, tf32)
-    seed_everything(0)
-    amp = amp_policy(cfg.train.amp, device)
+    state = build_state(cfg, MARKET_IDS, device, init_from_env(device), make_loader=None)
+    set_tf32(device, tf32)  # after build_state, whose configure_backends sets the trainer's TF32 default
     channels_last = cfg.model.channels_last and (device.type == "cuda" or args.channels_last is True)
-    model = build_model(cfg, MARKET_IDS).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(cfg, model, MARKET_IDS, device).to(device)
-    objective.train()
-    centers = list(objective.center_parameters())
-    optimizer = build_optimizer(cfg.optim, exclude(objective.trainable_parameters(), centers), device)
-    scaler = amp.grad_scaler(device)
-    step_module: Any = torch.compile(objective) if cfg.train.compile else objective
+    if channels_last and not state.channels_last:  # --channels-last on the CPU
+        state.model.to(memory_format=torch.channels_last)
+        state.channels_last = True
+    set_frozen(state, False)  # as the loop's first epoch: DDP (a no-op here) and torch.compile wrapping
+    state.objective.train()
+    amp = state.amp
     batch = cfg.data.batch_size
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    params_m = sum(p.numel() for p in state.model.parameters()) / 1e6
 
     if args.with_augment:
         batches = augmented_batches(cfg, device, channels_last, args.store_images,
@@ -162,14 +159,7 @@ def bench_backbone(args: argparse.Namespace, backbone: str, device: torch.device
 
     def step() -> torch.Tensor:
         images, labels = next(batches)
-        optimizer.zero_grad(set_to_none=True)
-        with amp.autocast(device):
-            losses, _ = step_module(images, labels)
-        total = sum(loss.float() for loss in losses.values())
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return total.detach()
+        return train_step(state, images, labels).total.detach()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

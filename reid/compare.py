@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from reid.config import Config, ConfigError, TrackingConfig, load_config, read_params, validate
-from reid.engine.checkpoint import LAST_CHECKPOINT
+from reid.config import Config, ConfigError, EvaluateSettings, TrackingConfig, evaluate_settings, load_config, read_params, validate
+from reid.checkpoint import LAST_CHECKPOINT
 from reid.errors import ReidError
 from reid.seed_spread import Run, spread_markdown
-from reid.targets import TargetSettings
 
 BASELINE = "baseline"
 # dvc.yaml addresses every model's checkpoint as pipeline/models/<name>/last.pt (a foreach over
@@ -59,14 +58,6 @@ class CompareError(ReidError):
 
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class EvaluateSettings(_Settings):
-    """``evaluate:`` in params.yaml: which models the pipeline evaluates and where results go."""
-
-    output_dir: Path = Path("pipeline/eval")
-    models: list[str] | None = None
-    targets: list[TargetSettings] = Field(default_factory=list)
 
 
 class CompareSettings(_Settings):
@@ -181,10 +172,10 @@ def read_plan(params: Path) -> PipelinePlan:
     if BASELINE in variants:
         raise ConfigError(f"{params}: a variant may not be called {BASELINE!r}; that name is the base configuration")
     try:
-        evaluate = EvaluateSettings.model_validate(tree.get("evaluate") or {})
         compare = CompareSettings.model_validate(tree.get("compare") or {})
     except ValidationError as err:
-        raise ConfigError(f"{params}: invalid evaluate/compare section: {err}") from None
+        raise ConfigError(f"{params}: invalid compare section: {err}") from None
+    evaluate = evaluate_settings(tree, str(params))
 
     names = [BASELINE, *variants]
     if evaluate.models is not None and list(evaluate.models) != names:
@@ -253,7 +244,7 @@ def deployed_cost(checkpoint: Path) -> DeployedCost:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.models.reid_model import build_model
 
     state = load_checkpoint(checkpoint)

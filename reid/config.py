@@ -14,6 +14,7 @@ This keeps one source of truth for the DVC pipeline, where each KD variant is on
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -175,6 +176,20 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(20, ge=1)
     sync_bn: bool = Field(True, description="under torchrun (world size > 1): BatchNorm statistics of the global "
                           "batch, as on one big GPU; false: each process normalises its own P/N x K images")
+    nproc: int | Literal["auto"] = Field(
+        "auto", description="processes, one per GPU: auto = every free GPU this process may use (the most that "
+        "split data.ids_per_batch), 1 without a GPU; N = N GPUs, or N CPU processes with device cpu. reid train "
+        "starts them itself; under torchrun/SLURM the launcher decides (docs/GPU.md)")
+    gpu_busy: Literal["wait", "fail"] = Field(
+        "wait", description="when fewer GPUs are free than asked for (another reid process leases them): wait for "
+        "them, or fail at once")
+
+    @field_validator("nproc", mode="before")
+    @classmethod
+    def _nproc(cls, v: Any) -> Any:
+        if v == "auto" or (type(v) is int and v >= 1) or (isinstance(v, str) and v.isdigit() and int(v) >= 1):
+            return v
+        raise ValueError("nproc must be 'auto' or a whole number of processes >= 1")
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -302,6 +317,123 @@ class Config(_Section):
         """
         inactive = self.inactive_keys()
         return {k: (INACTIVE if k in inactive else v) for k, v in self.flat().items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline's evaluate: section (not part of a run's Config: it says which models the pipeline
+# evaluates, where results go and on which other datasets), parsed once, here, for every reader
+# (`reid evaluate`, `reid prepare`, `reid compare`).
+# ------------------------------------------------------------------------------------------------
+TARGETS_FOLDER = "targets"  # beside data.manifest
+TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class TargetSettings(BaseModel):
+    """One entry of ``evaluate.targets``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="names the target in metrics (eval/<name>/mAP), folders and table columns")
+    format: str = Field(description="dataset layout, as data.format")
+    root: Path = Field(description="dataset folder, anchored like data.root")
+    manifest: Path | None = Field(None, description="default: targets/<name>.json beside data.manifest (what dvc.yaml reads)")
+    eval: dict[str, Any] = Field(default_factory=dict, description="protocol options (eval.* keys) for this target")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        # The name becomes part of MLflow metric keys, folder names and DVC stage paths.
+        if not TARGET_NAME.match(v):
+            raise ValueError("a target name is letters, digits, '_' and '-' (it names metrics and folders)")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        known = get_args(DataConfig.model_fields["format"].annotation)
+        if v not in known:
+            raise ValueError(f"unknown dataset format; known: {', '.join(known)}")
+        return v
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            EvalConfig.model_validate(v)
+        except ValidationError as err:
+            raise ValueError("; ".join(f"eval.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+        return v
+
+    @property
+    def key(self) -> str:
+        """The parameter path of this entry, as errors name it: ``evaluate.targets[<name>]``."""
+        return f"evaluate.targets[{self.name}]"
+
+    def manifest_for(self, data_manifest: Path | str) -> Path:
+        """This target's manifest: ``manifest`` when set, else ``targets/<name>.json`` beside ``data_manifest``."""
+        return Path(self.manifest) if self.manifest is not None else targets_dir(data_manifest) / f"{self.name}.json"
+
+    def eval_overrides(self) -> list[str]:
+        """The target's protocol options as ``eval.key=value`` overrides (applied before the user's ``-o``)."""
+        import json
+
+        return [f"eval.{key}={json.dumps(value)}" for key, value in self.eval.items()]
+
+
+def targets_dir(data_manifest: Path | str) -> Path:
+    """The folder of the target manifests: ``targets/`` beside the training manifest."""
+    return Path(data_manifest).parent / TARGETS_FOLDER
+
+
+def parse_targets(raw: Any, source: str) -> list[TargetSettings]:
+    """Validate the raw ``evaluate.targets`` value; errors name the entry (by name or position) and key."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: evaluate.targets must be a list of {{name, format, root}} entries")
+    targets: list[TargetSettings] = []
+    for index, entry in enumerate(raw):
+        label = entry.get("name") if isinstance(entry, dict) and entry.get("name") else f"#{index}"
+        try:
+            targets.append(TargetSettings.model_validate(entry))
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in err.errors())
+            raise ConfigError(f"{source}: evaluate.targets[{label}]: {problems}") from None
+    names = [t.name for t in targets]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{source}: evaluate.targets names must be unique; repeated: {', '.join(duplicates)}")
+    return targets
+
+
+class EvaluateSettings(BaseModel):
+    """``evaluate:`` in params.yaml: which models the pipeline evaluates, where results go, cross-domain targets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: Path = Field(Path("pipeline/eval"), description="evaluations go to <output_dir>/<model>")
+    models: list[str] | None = Field(None, description="baseline then every variant, in order (dvc.yaml's foreach)")
+    targets: list[TargetSettings] = Field(default_factory=list, description="other datasets every model is evaluated on")
+
+
+def evaluate_settings(tree: dict[str, Any], source: str) -> EvaluateSettings:
+    """The typed ``evaluate:`` section of a params tree; errors name the key (``evaluate.targets[duke].root``)."""
+    section = tree.get("evaluate") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: evaluate must be a mapping")
+    targets = parse_targets(section.get("targets"), source)
+    try:
+        return EvaluateSettings.model_validate({**{k: v for k, v in section.items() if k != "targets"}, "targets": targets})
+    except ValidationError as err:
+        problems = "; ".join(f"evaluate.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def read_evaluate(params: Path | str | None) -> EvaluateSettings:
+    """``evaluate:`` of a params file; the defaults when there is no file (``reid evaluate`` without params)."""
+    if params is None:
+        return EvaluateSettings()
+    return evaluate_settings(read_params(Path(params)), str(params))
 
 
 #: The value MLflow logs for a setting that the run's features do not use (see Config.active_flat).
@@ -461,5 +593,6 @@ def load_config(path: Path | str = "params.yaml", variant: str | None = None, ov
 
 def dump_config(config: Config, path: Path) -> None:
     """Write the resolved configuration as YAML (logged with every run for reproducibility)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    from reid.atomic import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

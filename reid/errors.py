@@ -29,3 +29,13 @@ class TrackingError(ReidError):
 
 class EvaluationError(ReidError):
     """The protocol cannot be applied (e.g. no query has a cross-camera match)."""
+
+
+class WriteError(ReidError):
+    """An output (checkpoint, export, metrics, manifest, record) that the file system refused to write;
+    the message names the path and the reason. The previous file, if any, is left as it was."""
+
+
+class DiskFullError(WriteError):
+    """No space left (or a quota reached) while writing an output: the message names the path, the free
+    space and roughly what was needed."""

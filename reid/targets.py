@@ -24,105 +24,17 @@ names (see :mod:`reid.evaluation.naming`).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from reid.config import ConfigError, TargetSettings, read_evaluate, targets_dir
 
-from reid.config import ConfigError, EvalConfig, read_params
-
-TARGETS_FOLDER = "targets"  # beside data.manifest
-INDEX_NAME = "index.json"
-TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-
-
-class TargetSettings(BaseModel):
-    """One entry of ``evaluate.targets``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="names the target in metrics (eval/<name>/mAP), folders and table columns")
-    format: str = Field(description="dataset layout, as data.format")
-    root: Path = Field(description="dataset folder, anchored like data.root")
-    manifest: Path | None = Field(None, description="default: targets/<name>.json beside data.manifest (what dvc.yaml reads)")
-    eval: dict[str, Any] = Field(default_factory=dict, description="protocol options (eval.* keys) for this target")
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        # The name becomes part of MLflow metric keys, folder names and DVC stage paths.
-        if not TARGET_NAME.match(v):
-            raise ValueError("a target name is letters, digits, '_' and '-' (it names metrics and folders)")
-        return v
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        from reid.data.datasets import FORMATS
-
-        if v not in FORMATS:
-            raise ValueError(f"unknown dataset format; known: {', '.join(FORMATS)}")
-        return v
-
-    @field_validator("eval")
-    @classmethod
-    def _eval_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
-        try:
-            EvalConfig.model_validate(v)
-        except ValidationError as err:
-            raise ValueError("; ".join(f"eval.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
-        return v
-
-    @property
-    def key(self) -> str:
-        """The parameter path of this entry, as errors name it: ``evaluate.targets[<name>]``."""
-        return f"evaluate.targets[{self.name}]"
-
-    def manifest_for(self, data_manifest: Path | str) -> Path:
-        """This target's manifest: ``manifest`` when set, else ``targets/<name>.json`` beside ``data_manifest``."""
-        return Path(self.manifest) if self.manifest is not None else targets_dir(data_manifest) / f"{self.name}.json"
-
-    def eval_overrides(self) -> list[str]:
-        """The target's protocol options as ``eval.key=value`` overrides (applied before the user's ``-o``)."""
-        import json
-
-        return [f"eval.{key}={json.dumps(value)}" for key, value in self.eval.items()]
-
-
-def targets_dir(data_manifest: Path | str) -> Path:
-    """The folder of the target manifests: ``targets/`` beside the training manifest."""
-    return Path(data_manifest).parent / TARGETS_FOLDER
-
-
-def parse_targets(raw: Any, source: str) -> list[TargetSettings]:
-    """Validate the raw ``evaluate.targets`` value; errors name the entry (by name or position) and key."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ConfigError(f"{source}: evaluate.targets must be a list of {{name, format, root}} entries")
-    targets: list[TargetSettings] = []
-    for index, entry in enumerate(raw):
-        label = entry.get("name") if isinstance(entry, dict) and entry.get("name") else f"#{index}"
-        try:
-            targets.append(TargetSettings.model_validate(entry))
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in err.errors())
-            raise ConfigError(f"{source}: evaluate.targets[{label}]: {problems}") from None
-    names = [t.name for t in targets]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{source}: evaluate.targets names must be unique; repeated: {', '.join(duplicates)}")
-    return targets
+INDEX_NAME = "index.json"  # beside the target manifests: which targets were prepared from where
 
 
 def read_targets(params: Path | str) -> list[TargetSettings]:
     """The targets declared in a params file (an empty list when there are none)."""
-    tree = read_params(Path(params))
-    section = tree.get("evaluate") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{params}: evaluate must be a mapping")
-    return parse_targets(section.get("targets"), str(params))
+    return read_evaluate(params).targets
 
 
 def find_target(targets: list[TargetSettings], name: str, source: str) -> TargetSettings:

@@ -126,7 +126,7 @@ def collect(run_dir: Path, use_mlflow: bool = True, partial: bool = False) -> di
     """
     from reid.compare import read_plan
     from reid.config import ConfigError
-    from reid.engine.checkpoint import LAST_CHECKPOINT
+    from reid.checkpoint import LAST_CHECKPOINT
 
     run_dir = Path(run_dir).resolve()
     params = run_dir / "params.yaml"

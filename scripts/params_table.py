@@ -70,7 +70,7 @@ MEANINGS: dict[str, str] = {
     "train.compile": "`torch.compile` the model (slow first step)",
     "train.seed": "random seed",
     "train.deterministic": "deterministic kernels (slower): bit-exact reruns on the same machine, thread count and versions",
-    "train.output_dir": "checkpoints, metrics.json, config.yaml; the pipeline expects `pipeline/models/<name>`",
+    "train.output_dir": "checkpoints, metrics.json, metrics.jsonl (every metric point, MLflow on or off), config.yaml; the pipeline expects `pipeline/models/<name>`",
     "train.log_every_steps": "log losses every N steps (to MLflow, and as a progress line when stderr is not a terminal)",
     "kd.self_distill": "self-distillation: a deeper stage teaches shallower ones",
     "kd.teacher_stage": "teaching stage of self-distillation",
@@ -109,7 +109,7 @@ PIPELINE_MEANINGS: list[tuple[str, str, str]] = [
     ("evaluate.output_dir", "pipeline/eval", "evaluation results per model: `<output_dir>/<name>/metrics.json`"),
     ("evaluate.models", "-", "models the pipeline evaluates: `baseline` then every variant, in order"),
     ("evaluate.targets", "[]", "cross-domain datasets every model is also evaluated on: `{name, format, root, eval}`; "
-     "manifests in `pipeline/data/targets/<name>.json`, results in `<output_dir>/<name>/targets/<target>/`"),
+     "manifests in `targets/<name>.json` beside `data.manifest` (`pipeline/data/targets/` by default), results in `<output_dir>/<name>/targets/<target>/`"),
     ("compare.output_dir", "pipeline/compare", "comparison.md / .csv / .png"),
 ]
 

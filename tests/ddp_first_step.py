@@ -41,14 +41,14 @@ def _injected(mistake: str, tree: dict) -> Iterator[dict]:
     """The config tree with ``mistake`` injected, and the one building block it names patched meanwhile."""
     import reid.data.loaders as loaders
     from reid.engine import distributed as dist_utils
-    from reid.engine import trainer as trainer_mod
+    from reid.engine import state as state_mod
 
     tree = copy.deepcopy(tree)
     with contextlib.ExitStack() as stack:
         if mistake == "per_rank_bn":
             tree["train"]["sync_bn"] = False
         elif mistake == "per_rank_triplet":
-            stack.enter_context(mock.patch.object(trainer_mod, "_globalise_batch_losses", lambda objective: None))
+            stack.enter_context(mock.patch.object(state_mod, "globalise_batch_losses", lambda objective: None))
         elif mistake == "same_batch_on_every_rank":
             real_loader = loaders.build_train_loader
 
@@ -79,9 +79,11 @@ class _Captured(Exception):
     """Stops the trainer's evaluation once the buffers of the model it embeds with are recorded."""
 
 
-def eval_buffers(t) -> dict:
-    """The floating-point buffers of the model the trainer's ``_evaluate`` hands to the feature extraction."""
+def eval_buffers(state, manifest) -> dict:
+    """The floating-point buffers of the model the trainer's evaluation hands to the feature extraction."""
     import reid.evaluation.runner as runner
+    from reid.engine.epoch_eval import EpochEvaluation
+    from reid.engine.metrics_log import MetricSinks
 
     seen: dict = {}
 
@@ -89,48 +91,50 @@ def eval_buffers(t) -> dict:
         seen.update({n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()})
         raise _Captured
 
+    evaluation = EpochEvaluation(manifest, None, MetricSinks([]), lambda m: None, None, dict)
     with mock.patch.object(runner, "evaluate_model", capture):
         try:
-            t._evaluate(1)
+            evaluation.evaluate(state, 1)
         except _Captured:
             pass
     return seen
 
 
 def first_step(tree: dict, source: str) -> dict:
-    """One step of the real trainer (its _run/_build/_train_epoch/_step, minus tracking), then the start of
-    its evaluation (``eval_buffers``: what the model embeds query/gallery with on this rank)."""
+    """One step of the real trainer (its state builder, epoch set-up and step function, minus tracking),
+    then the start of its evaluation (``eval_buffers``: what the model embeds query/gallery with on this rank)."""
     from reid.config import validate
+    from reid.data import loaders
     from reid.data.manifest import load_manifest
     from reid.engine import distributed as dist_utils
-    from reid.engine import trainer as trainer_mod
     from reid.engine.device import epoch_seed, seed_everything
+    from reid.engine.state import build_state, set_frozen
+    from reid.engine.step import train_step
 
     config = validate(tree, source)
     manifest = load_manifest(config.data.manifest)
-    t = trainer_mod._Trainer(config, manifest, False, None, None, None, False, None)
-    t.device = torch.device("cpu")
-    t.ctx = dist_utils.init_from_env(t.device)  # reuses the group main() joined
-    dist_utils.check_batch_split(config.data.ids_per_batch, t.ctx)
-    t.manifest, t.num_classes, t.data_hash = manifest, int(manifest.num_classes), None
-    t._build(None)
-    t.objective.double()  # in place: the optimiser keeps the same Parameter objects
-    t._set_frozen(False)
-    seed_everything(epoch_seed(config.train.seed, 0, t.ctx.rank))
-    t.loader.set_epoch(0)
-    t.objective.train()
-    images, labels = next(iter(t.loader))
-    before = {n: p.detach().clone() for n, p in t.objective.named_parameters()}
-    total, _, _ = t._step(images.double(), labels)
-    buffers = {n: b.detach().clone() for n, b in t.objective.named_buffers() if b.is_floating_point()}
+    device = torch.device("cpu")
+    ctx = dist_utils.init_from_env(device)  # reuses the group main() joined
+    dist_utils.check_batch_split(config.data.ids_per_batch, ctx)
+    state = build_state(config, int(manifest.num_classes), device, ctx, make_loader=lambda: loaders.build_train_loader(
+        manifest, config, device, rank=ctx.rank, world_size=ctx.world_size))
+    state.objective.double()  # in place: the optimiser keeps the same Parameter objects
+    set_frozen(state, False)
+    seed_everything(epoch_seed(config.train.seed, 0, ctx.rank))
+    state.loader.set_epoch(0)
+    state.objective.train()
+    images, labels = next(iter(state.loader))
+    before = {n: p.detach().clone() for n, p in state.objective.named_parameters()}
+    total = train_step(state, images.double(), labels).total
+    buffers = {n: b.detach().clone() for n, b in state.objective.named_buffers() if b.is_floating_point()}
     return {
-        "rank": t.ctx.rank,
+        "rank": ctx.rank,
         "loss": total.detach().double(),
         "labels": labels.cpu(),
-        "grads": {n: p.grad.detach().clone() for n, p in t.objective.named_parameters() if p.grad is not None},
-        "steps": {n: p.detach() - before[n] for n, p in t.objective.named_parameters()},
+        "grads": {n: p.grad.detach().clone() for n, p in state.objective.named_parameters() if p.grad is not None},
+        "steps": {n: p.detach() - before[n] for n, p in state.objective.named_parameters()},
         "buffers": buffers,
-        "eval_buffers": eval_buffers(t),
+        "eval_buffers": eval_buffers(state, manifest),
     }
 
 

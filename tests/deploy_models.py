@@ -58,7 +58,7 @@ def train_steps(config, manifest, steps: int = 2):
 
 def save_trained(model, config, manifest, name: str = "last.pt", run_id: str | None = None) -> Path:
     """``model`` as a ``reid train`` checkpoint ``<train.output_dir>/<name>`` (epoch 1, two steps)."""
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
 
     return save_checkpoint({
         "config": config.model_dump(mode="json"), "num_classes": manifest.num_classes,

@@ -77,3 +77,30 @@ def test_precisions_are_rows_of_one_run(bench, tmp_path: Path) -> None:
                                                                          ("resnet18", "tf32", "off")]
     assert [r["tf32"] for r in rows] == [False, False]  # TF32 exists on CUDA only
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_the_benchmark_times_the_trainers_own_step(bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every timed step is a call of :func:`reid.engine.step.train_step` (the loop's step), on a state
+    with the recipe's centre loss and its own optimiser: a copy of the step that drifts fails here."""
+    import reid.engine.step as step_module
+
+    assert bench.train_step is step_module.train_step
+    calls = []
+
+    def counted(state, images, labels):
+        calls.append(state)
+        return step_module.train_step(state, images, labels)
+
+    monkeypatch.setattr(bench, "train_step", counted)
+    args = bench.parse_args([*TINY, "--steps", "2", "--repeats", "1"])
+    threads = torch.get_num_threads()
+    try:
+        row = bench.bench_backbone(args, "resnet18", torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == args.warmup + args.steps == 3
+    state = calls[0]
+    assert state.config.loss.center_weight > 0 and state.center_optimizer is not None
+    centres = next(iter(state.center_optimizer.param_groups[0]["params"]))
+    assert centres.grad is not None and torch.count_nonzero(centres.grad) > 0  # the centres were stepped
+    assert row["last_loss"] is not None

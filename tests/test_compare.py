@@ -45,7 +45,7 @@ def write_params(root: Path, tree: dict) -> Path:
 
 def save_fake_checkpoint(path: Path, config_tree: dict, num_classes: int = 10, run_id: str | None = None) -> None:
     """A checkpoint laid out like the trainer's, with freshly initialised weights."""
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     config = validate(config_tree)
@@ -128,7 +128,7 @@ def test_deployed_cost_matches_published_resnet18_figures(tmp_path: Path) -> Non
 
 
 def test_checkpoint_that_does_not_fit_its_config_is_refused(tmp_path: Path) -> None:
-    from reid.engine.checkpoint import load_checkpoint, save_checkpoint
+    from reid.checkpoint import load_checkpoint, save_checkpoint
 
     path = tmp_path / "best.pt"
     save_fake_checkpoint(path, {"model": {"backbone": "resnet18", "pretrained": "none"}})

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from reid.config import ConfigError
 from reid.data.samples import DatasetSplits, Sample
 from reid.errors import DatasetError
-from reid.targets import parse_targets
+from reid.config import parse_targets
 
 SMALL = dict(num_train_ids=5, num_test_ids=4, num_cameras=3, images_per_id=4, height=32, width=16)
 

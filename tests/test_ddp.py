@@ -104,7 +104,7 @@ def _sharded_eval_worker(rank: int, world: int, port: int, out_dir: str, manifes
 
     from reid.config import validate
     from reid.data.manifest import load_manifest
-    from reid.engine.distributed import gather_shards, shard_bounds
+    from reid.parallel import gather_shards, shard_bounds
     from reid.evaluation.runner import evaluate_model
     from reid.models.reid_model import build_model
 
@@ -324,7 +324,7 @@ def test_torchrun_reid_train_runs_end_to_end(tmp_path: Path, synthetic_root: Pat
     from mlflow.tracking import MlflowClient
 
     from reid.data.manifest import write_manifest
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
 
     write_manifest(synthetic_manifest, tmp_path / "manifest.json")
     tree = first_step_tree(synthetic_root, tmp_path)

@@ -135,6 +135,8 @@ def test_export_command_prints_the_contract_and_fails_loudly(trained, workdir: P
                                   "--params", str(workdir / "absent.yaml")])
     assert ok.exit_code == 0, ok.output
     assert "input_height: 64" in ok.output and "channel_order: RGB" in ok.output and "parity passed" in ok.output
+    # Tracking is on by default, so not logging is said, with the reason, in one line.
+    assert f"MLflow: not logged or registered: no parameter file {workdir / 'absent.yaml'}" in ok.stderr
     # A tolerance no export can meet: non-zero exit, the numbers, and the report says failed.
     bad = CliRunner().invoke(app, ["export", str(ckpt), "--format", "onnx", "--output", str(out), "--num-images", "6",
                                    "--tolerance", "1.5", "--params", str(workdir / "absent.yaml")])
@@ -265,7 +267,7 @@ def test_export_is_logged_to_the_training_run_and_registered(trained, workdir: P
     from typer.testing import CliRunner
 
     from reid.cli import app
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
 
     ckpt, config = trained("resnet18")
     run_id = read_entry(ckpt, "mlflow_run_id")

@@ -314,7 +314,7 @@ def _tiny_config(tmp_path: Path, backbone: str = "resnet18"):
 
 
 def _save_reid_checkpoint(tmp_path: Path, num_classes: int, backbone: str = "resnet18") -> tuple[Path, torch.nn.Module]:
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     config = _tiny_config(tmp_path, backbone)

@@ -18,7 +18,7 @@ from torch import nn
 from reid.config import EvalConfig, validate
 from reid.evaluation.metrics import evaluate_distances
 from reid.evaluation.plots import plot_cmc, ranked_list_figure
-from reid.evaluation.runner import evaluate_model, evaluate_sample_features, log_to_mlflow, write_outputs
+from reid.evaluation.runner import evaluate_model, evaluate_sample_features, write_outputs
 
 
 @dataclass(frozen=True)
@@ -102,27 +102,38 @@ def test_plots_accept_several_results_and_missing_images(tmp_path: Path) -> None
     assert out.is_file()
 
 
-def test_log_to_mlflow_logs_metrics_and_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluation_logs_through_the_tracker_into_the_training_run(tmp_path: Path) -> None:
+    """`reid evaluate` logs with the trainer's Tracker: into the run that trained the model (metrics,
+    protocol tags, files), leaving that run's status as it was; a run this store lacks gets a run of its own."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
+    from reid.commands.evaluate import log_evaluation_run
+    from reid.evaluation.naming import EvaluationNames
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = validate({"tracking": {"uri": uri, "artifact_root": str(tmp_path / "mlruns"), "experiment": "t"}})
     client = MlflowClient(tracking_uri=uri)
-    exp = client.create_experiment("t", artifact_location=(tmp_path / "mlruns").as_uri())
-    run = client.create_run(exp)
+    exp = client.create_experiment("t", artifact_location=(tmp_path / "mlruns" / "t").as_uri())
+    trained = client.create_run(exp).info.run_id
+    client.set_terminated(trained, "KILLED")  # e.g. interrupted, then evaluated from its last.pt
     res = evaluate_distances(np.array([[0.1, 0.2]]), [1], [1, 2], [1], [2, 2], max_rank=5)
     artifact = tmp_path / "metrics.json"
     artifact.write_text("{}")
-    assert log_to_mlflow(res, [artifact], run_id=run.info.run_id, prefix="test/", step=3, tracking_uri=uri)
-    logged = client.get_run(run.info.run_id).data
-    assert logged.metrics["test/mAP"] == pytest.approx(1.0) and "test/rank1" in logged.metrics
-    assert logged.tags["test/ap_variant"] == "standard"
-    assert [f.path for f in client.list_artifacts(run.info.run_id, "evaluation")] == ["evaluation/metrics.json"]
-    # No run given and none active: nothing happens.
-    import mlflow
-
-    monkeypatch.setattr(mlflow, "active_run", lambda: None)
-    assert log_to_mlflow(res) is False
+    ckpt = tmp_path / "last.pt"
+    run_id, own = log_evaluation_run(config, "m", trained, ckpt, res, [artifact], base=tmp_path,
+                                     names=EvaluationNames(), dataset={"dataset": "market"})
+    assert (run_id, own) == (trained, True)
+    run = client.get_run(trained)
+    assert run.data.metrics["eval/mAP"] == pytest.approx(1.0) and "eval/rank1" in run.data.metrics
+    assert run.data.tags["eval/ap_variant"] == "standard" and run.data.tags["eval/dataset"] == "market"
+    assert run.info.status == "KILLED"  # attached: the training run's status is not rewritten
+    assert [f.path for f in client.list_artifacts(trained, "evaluation")] == ["evaluation/metrics.json"]
+    # A training run that is not in this store: the evaluation is a run of its own, FINISHED.
+    run_id, own = log_evaluation_run(config, "m", "0" * 32, ckpt, res, [artifact], base=tmp_path)
+    assert own is False and run_id != trained
+    other = client.get_run(run_id)
+    assert other.info.status == "FINISHED" and other.data.tags["reid.trained_by_run"] == "0" * 32
 
 
 class _PixelNet(nn.Module):
@@ -231,7 +242,7 @@ def test_command_with_stand_ins(split, tmp_path: Path, monkeypatch: pytest.Monke
 
     stand_in(monkeypatch, "reid.models.inference", load_inference_model=load_inference_model)
     stand_in(monkeypatch, "reid.data.manifest",
-             load_manifest=lambda path, *_: types.SimpleNamespace(query=query, gallery=gallery))
+             load_manifest=lambda path, *_: types.SimpleNamespace(query=query, gallery=gallery, root=str(tmp_path / "data"), format="market1501"))
     stand_in(monkeypatch, "reid.data.loaders", build_test_loader=pixel_loader())
 
     ckpt = tmp_path / "pipeline" / "models" / "r18" / "best.pt"  # a pipeline checkpoint: its folder names it
@@ -280,7 +291,7 @@ def test_command_with_stand_ins(split, tmp_path: Path, monkeypatch: pytest.Monke
 
 def _stand_ins(monkeypatch: pytest.MonkeyPatch, split, manifests: dict[str, types.SimpleNamespace]) -> list[str]:
     """Model loader, manifest reader and test loader stand-ins; ``manifests`` maps a manifest path to what
-    ``load_manifest`` returns (query, gallery, name, format, content_hash). Returns the paths read."""
+    ``load_manifest`` returns (query, gallery, root, format, content_hash). Returns the paths read."""
     query, gallery = split
     ckpt_config = validate({"model": {"backbone": "resnet18", "pretrained": "none"}, "data": {"height": 32, "width": 16}})
     read: list[str] = []
@@ -323,8 +334,8 @@ def test_other_data_and_rerank_never_overwrite_the_models_own_evaluation(
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    own = types.SimpleNamespace(name="market", format="market1501", content_hash="a" * 64)
-    other = types.SimpleNamespace(name="Other.Set", format="folder", content_hash="b" * 64)
+    own = types.SimpleNamespace(root="/data/market", format="market1501", content_hash="a" * 64)
+    other = types.SimpleNamespace(root="/data/Other.Set", format="folder", content_hash="b" * 64)
     _stand_ins(monkeypatch, split, {"pipeline/data/manifest.json": own, "other/manifest.json": other})
     params = _eval_params(tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -384,7 +395,7 @@ def test_target_option_reads_the_targets_manifest_and_protocol(split, tmp_path: 
     from typer.testing import CliRunner
 
     monkeypatch.chdir(tmp_path)
-    target = types.SimpleNamespace(name="domain-b", format="market1501", content_hash="c" * 64)
+    target = types.SimpleNamespace(root="/data/domain-b", format="market1501", content_hash="c" * 64)
     read = _stand_ins(monkeypatch, split, {"pipeline/data/targets/tb.json": target})
     params = _eval_params(tmp_path, targets=[{"name": "tb", "format": "market1501", "root": "data/b",
                                               "eval": {"cross_camera": False}}])
@@ -414,7 +425,7 @@ def test_default_output_honours_evaluate_output_dir_and_is_unique_per_checkpoint
     from typer.testing import CliRunner
 
     monkeypatch.chdir(tmp_path)
-    own = types.SimpleNamespace(name="market", format="market1501", content_hash="a" * 64)
+    own = types.SimpleNamespace(root="/data/market", format="market1501", content_hash="a" * 64)
     _stand_ins(monkeypatch, split, {"pipeline/data/manifest.json": own})
     params = _eval_params(tmp_path, output_dir="results/evals")
     import yaml
@@ -478,7 +489,7 @@ def test_evaluate_command_end_to_end(tmp_path: Path, request: pytest.FixtureRequ
 
     from reid.commands import evaluate
     from reid.data.manifest import write_manifest
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     torch.manual_seed(0)

@@ -3,7 +3,6 @@ relies on: `reid train` without mlflow/dvc, and exact float32 evaluation distanc
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -19,6 +18,10 @@ GPU = REPO / "benchmarks" / "gpu"
 sys.path.insert(0, str(GPU))
 import check_tools  # noqa: E402
 import prepare  # noqa: E402
+
+from reid.config import Config  # noqa: E402
+
+RECIPE_EPOCHS = Config().train.epochs  # the recipe's schedule length, from the config
 
 PHASES = ["wheels", "env", "bench_eager", "bench_nchw", "bench_pipeline", "bench_compile", "prepare", "plan", "train",
           "eval_compare", "curve", "imports"]
@@ -261,24 +264,29 @@ def test_imports_check_names_a_distribution_the_gpu_image_lacks(tmp_path: Path) 
 
 
 def test_compressed_schedule_scales_the_recipe() -> None:
-    assert check_tools.compressed_schedule(120) == {"epochs": 120, "warmup_epochs": 10, "milestones": [40, 70]}
-    assert check_tools.compressed_schedule(60) == {"epochs": 60, "warmup_epochs": 5, "milestones": [20, 35]}
-    assert check_tools.compressed_schedule(12) == {"epochs": 12, "warmup_epochs": 1, "milestones": [4, 7]}
-    assert check_tools.compressed_schedule(3) == {"epochs": 3, "warmup_epochs": 1, "milestones": [2]}
-    assert check_tools.compressed_schedule(1) == {"epochs": 1, "warmup_epochs": 1, "milestones": []}
+    from reid.config import Config
+
+    recipe = Config()  # the schedule comes from the config's recipe defaults, not a copy
+    assert check_tools.compressed_schedule(120, recipe) == {"epochs": 120, "warmup_epochs": 10, "milestones": [40, 70]}
+    assert check_tools.compressed_schedule(60, recipe) == {"epochs": 60, "warmup_epochs": 5, "milestones": [20, 35]}
+    assert check_tools.compressed_schedule(12, recipe) == {"epochs": 12, "warmup_epochs": 1, "milestones": [4, 7]}
+    assert check_tools.compressed_schedule(3, recipe) == {"epochs": 3, "warmup_epochs": 1, "milestones": [2]}
+    assert check_tools.compressed_schedule(1, recipe) == {"epochs": 1, "warmup_epochs": 1, "milestones": []}
+    other = recipe.model_copy(update={"train": recipe.train.model_copy(update={"epochs": 60})})
+    assert check_tools.compressed_schedule(30, other) == {"epochs": 30, "warmup_epochs": 5, "milestones": [20]}
 
 
 def test_plan_takes_full_epochs_when_two_fit() -> None:
-    plan = check_tools.plan_training(300, 4000, epoch_steps=202, batch=64, startup_s=40, eval_s=20, efficiency=1.0)
+    plan = check_tools.plan_training(300, 4000, epoch_steps=202, batch=64, recipe_epochs=RECIPE_EPOCHS, startup_s=40, eval_s=20, efficiency=1.0)
     assert plan["epochs"] == (300 - 40 - 20) * 4000 // 64 // 202 and plan["max_steps_per_epoch"] is None
-    assert check_tools.plan_training(10**6, 10**6, epoch_steps=202, batch=64)["epochs"] == 120
+    assert check_tools.plan_training(10**6, 10**6, epoch_steps=202, batch=64, recipe_epochs=RECIPE_EPOCHS)["epochs"] == 120
 
 
 @pytest.mark.parametrize("budget_s", [75, 90, 120, 200, 400])
 @pytest.mark.parametrize("images_per_s", [150, 900, 3000, 12000])
 def test_plan_finishes_the_first_epoch_by_half_the_time(budget_s: int, images_per_s: int) -> None:
     # The first epoch (and its last.pt) must come even if training runs at half the benchmarked speed.
-    plan = check_tools.plan_training(budget_s, images_per_s, epoch_steps=202, batch=64)
+    plan = check_tools.plan_training(budget_s, images_per_s, epoch_steps=202, batch=64, recipe_epochs=RECIPE_EPOCHS)
     assert plan["epochs"] >= 2
     steps = plan["steps_per_epoch"]
     assert steps == (202 if plan["max_steps_per_epoch"] is None else min(202, plan["max_steps_per_epoch"])) >= 4
@@ -289,7 +297,7 @@ def test_plan_finishes_the_first_epoch_by_half_the_time(budget_s: int, images_pe
 
 
 def test_plan_without_throughput_uses_the_slow_fallback() -> None:
-    plan = check_tools.plan_training(200, None, epoch_steps=202, batch=64)
+    plan = check_tools.plan_training(200, None, epoch_steps=202, batch=64, recipe_epochs=RECIPE_EPOCHS)
     assert plan["throughput_measured"] is False and plan["images_per_s"] == 200.0
     assert plan["epochs"] == 2 and plan["max_steps_per_epoch"] == int((200 - 40 - 25) * 200 * 0.85 // 64) // 2
 
@@ -308,7 +316,7 @@ def test_phase_caps_fit_the_default_budget_with_the_training_floor() -> None:
     post = caps["CAP_EVAL"] + caps["CAP_CURVE"] + caps["CAP_SUMMARY"] + caps["MARGIN"]
     assert pre + caps["TRAIN_MIN_S"] + post <= 420
     # The plan made for the training floor (minus the kill grace) still has short epochs to finish.
-    plan = check_tools.plan_training(caps["TRAIN_MIN_S"] - 8, None, epoch_steps=202, batch=64)
+    plan = check_tools.plan_training(caps["TRAIN_MIN_S"] - 8, None, epoch_steps=202, batch=64, recipe_epochs=RECIPE_EPOCHS)
     assert plan["epochs"] == 2 and plan["max_steps_per_epoch"] >= 4
 
 
@@ -389,22 +397,25 @@ def test_max_abs_counts_nan_only_where_both_are_nan() -> None:
     assert check_tools._max_abs([1.0, nan], [1.0, 0.2]) == float("inf")
 
 
-def test_training_curve_parser_reads_the_trainers_progress_lines() -> None:
-    import numpy as np
+def test_training_curve_reads_the_runs_metrics_file(tmp_path: Path) -> None:
+    """The curve comes from metrics.jsonl as the training loop's sinks write it (global steps for
+    ``train_step/*``, epochs for ``train/*`` and ``eval_epoch/*``); a resumed epoch keeps its last line."""
+    from reid.engine.metrics_log import MetricsLog
 
-    from reid.engine.progress import EpochProgress
-    from reid.evaluation.metrics import EvalResult
-
-    stream = io.StringIO()
-    bar = EpochProgress(2, 5, 10, stream=stream)
-    bar.close(10, {"loss": 3.25, "acc": 0.5, "lr": 3.5e-4, "img/s": 812.0})
-    # The trainer's evaluation line is "epoch N: query/gallery " + EvalResult.summary() (percent).
-    result = EvalResult(mAP=0.125, cmc=np.array([0.3, 0.5, 0.6]), mINP=0.05, num_valid_queries=4, num_queries=4,
-                        num_skipped_queries=0, ranks={1: 0.3, 5: 0.6})
-    text = stream.getvalue() + f"epoch 2: query/gallery {result.summary()}\n"
-    curve = check_tools.parse_training_log(text)
-    assert curve["train"] == [{"epoch": 2, "steps": 10, "loss": 3.25, "acc": 0.5, "lr": 3.5e-4, "img_per_s": 812.0}]
-    assert curve["eval"] == [{"epoch": 2, "mAP": pytest.approx(0.125), "rank1": pytest.approx(0.3), "mINP": pytest.approx(0.05)}]
+    log = MetricsLog(tmp_path / "metrics.jsonl", new=True)
+    for step in (1, 2):
+        log.log_metrics({"train_step/loss": 4.0, "train_step/lr": 3.5e-5}, step=step)
+    log.log_metrics({"train/loss": 4.5, "train/acc": 0.25, "train/lr": 3.5e-5, "train/img_per_s": 800.0}, step=1)
+    for step in (3, 4, 5):
+        log.log_metrics({"train_step/loss": 3.0}, step=step)
+    log.log_metrics({"train/loss": 3.25, "train/acc": 0.5, "train/lr": 3.5e-4, "train/img_per_s": 812.0}, step=2)
+    log.log_metrics({"eval_epoch/mAP": 0.125, "eval_epoch/rank1": 0.3, "eval_epoch/mINP": 0.05}, step=2)
+    curve = check_tools.read_curve(tmp_path / "metrics.jsonl")
+    assert curve["train"] == [
+        {"epoch": 1, "steps": 2, "loss": 4.5, "acc": 0.25, "lr": 3.5e-5, "img_per_s": 800.0},
+        {"epoch": 2, "steps": 3, "loss": 3.25, "acc": 0.5, "lr": 3.5e-4, "img_per_s": 812.0},
+    ]
+    assert curve["eval"] == [{"epoch": 2, "mAP": 0.125, "rank1": 0.3, "mINP": 0.05}]
 
 
 @pytest.mark.slow  # about a minute on an idle 2-core machine: 12 phases, most of them start torch

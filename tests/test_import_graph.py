@@ -132,3 +132,64 @@ def test_cycle_finder_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
     (pkg / "b.py").write_text("def thing():\n    return 1\n")
     assert find_cycle(import_graph(pkg)) is None
+
+
+#: The layers of ``reid/``, lowest first. A module may import its own layer and the layers below it,
+#: never one above: data flows config -> data -> models -> engine -> evaluation -> tracking at run
+#: time, and the code that composes them (the engine's loop, deployment, the pipeline's comparison,
+#: the commands) sits above what it composes. A module's layer is its longest matching prefix.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundation", ("reid.errors", "reid.atomic", "reid.version", "reid.config", "reid.checkpoint", "reid.parallel")),
+    ("data", ("reid.data",)),
+    ("models", ("reid.models", "reid.losses")),
+    ("distillation", ("reid.distill",)),
+    ("evaluation", ("reid.evaluation",)),
+    ("tracking", ("reid.tracking",)),
+    ("engine", ("reid.engine",)),
+    ("deployment", ("reid.deploy",)),
+    ("experiments", ("reid.seed_spread", "reid.targets", "reid.compare")),
+    ("interface", ("reid.commands", "reid.cli", "reid")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """Index in :data:`LAYERS` of ``module`` by its longest matching prefix (None: in no layer)."""
+    best: tuple[int, int] | None = None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (index, len(prefix))
+    return None if best is None else best[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a (layer) -> b (higher layer)`` for every import against the order, and modules in no layer."""
+    problems = []
+    for module, imported in sorted(graph.items()):
+        own = layer_of(module)
+        if own is None:
+            problems.append(f"{module} is in no layer of LAYERS: add it where it belongs")
+            continue
+        for target in sorted(imported):
+            other = layer_of(target)
+            if other is not None and other > own:
+                problems.append(f"{module} ({LAYERS[own][0]}) imports {target} ({LAYERS[other][0]})")
+    return problems
+
+
+def test_reid_imports_only_downwards() -> None:
+    """Checkpoint I/O below models and engine, collectives below evaluation, signals not in tracking:
+    no module imports a layer above its own."""
+    graph = import_graph(REPO / "reid")
+    assert layer_of("reid.checkpoint") < layer_of("reid.models.pretrained") < layer_of("reid.engine.trainer")
+    assert upward_imports(graph) == []
+
+
+def test_layer_check_finds_an_upward_import() -> None:
+    """The check can fail: models importing the engine (checkpoint I/O once lived there) is reported."""
+    graph = {"reid.models.inference": {"reid.engine.state", "reid.config"}, "reid.engine.state": set(),
+             "reid.config": set(), "vendored.thing": set()}
+    assert upward_imports(graph) == [
+        "reid.models.inference (models) imports reid.engine.state (engine)",
+        "vendored.thing is in no layer of LAYERS: add it where it belongs",
+    ]

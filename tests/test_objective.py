@@ -172,7 +172,7 @@ def test_extra_state_round_trip_and_mismatch():
 
 # -- the offline teacher, with real tiny ReID models ---------------------------------------------
 def save_teacher(tmp_path: Path, num_classes: int, backbone: str = "resnet18") -> Path:
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     cfg = config(model={"backbone": backbone})

@@ -74,7 +74,7 @@ def test_reid_train_offline_stops_before_any_work_and_names_the_fixes(tmp_path, 
 def test_training_starts_from_the_cached_file_without_the_network(tmp_path, tiny_config, synthetic_manifest,
                                                                   monkeypatch, refused_downloads):
     from reid.config import validate
-    from reid.engine.checkpoint import LAST_CHECKPOINT, load_checkpoint
+    from reid.checkpoint import LAST_CHECKPOINT, load_checkpoint
     from reid.engine.trainer import train
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from reid.compare import BASELINE, read_plan
-from reid.engine.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
+from reid.checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

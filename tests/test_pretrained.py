@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 from reid.config import validate
-from reid.engine.checkpoint import save_checkpoint
+from reid.checkpoint import save_checkpoint
 from reid.errors import CheckpointError
 from reid.models.inference import check_compatible, load_inference_model
 from reid.models import pretrained as pretrained_module

@@ -98,31 +98,38 @@ def test_the_defaults_of_the_config_are_the_recipe_too() -> None:
 
 
 def recorded_schedule(tmp_path: Path, manifest, params: Path = PARAMS) -> tuple[list[float], list[float]]:
-    """The main and centre learning rates of every epoch as the real trainer loop sets them.
+    """The main and centre learning rates of every epoch as the real training loop sets them.
 
-    The trainer's ``_loop`` runs unchanged (its stepping order is what is checked); only the work of
-    an epoch is replaced by reading the optimisers' learning rates, as ``_train_epoch`` does.
+    :func:`reid.engine.trainer.fit` runs unchanged over the real state of the recipe (its stepping
+    order is what is checked); only the work of an epoch is replaced by reading the optimisers'
+    learning rates, and the evaluation by a callback that records a score.
     """
+    import torch
+
     from reid.engine import trainer as trainer_mod
+    from reid.engine.callbacks import Callback
+    from reid.engine.distributed import init_from_env
+    from reid.engine.state import build_state
 
     config = load_config(params, overrides=[
         "model.pretrained=none", f"data.manifest={tmp_path / 'manifest.json'}", "data.num_workers=0",
         "train.device=cpu", f"train.output_dir={tmp_path / 'run'}", "tracking.enabled=false",
     ])
+    cpu = torch.device("cpu")
+    state = build_state(config, int(manifest.num_classes), cpu, init_from_env(cpu), make_loader=None)
     main_lr: list[float] = []
     center_lr: list[float] = []
 
-    def fake_epoch(self, epoch: int) -> None:
-        main_lr.append(self.optimizer.param_groups[0]["lr"])
-        center_lr.append(self.center_optimizer.param_groups[0]["lr"] if self.center_optimizer else float("nan"))
+    def fake_epoch(state, hooks, epoch: int) -> None:
+        main_lr.append(state.optimizer.param_groups[0]["lr"])
+        center_lr.append(state.center_optimizer.param_groups[0]["lr"] if state.center_optimizer else float("nan"))
 
-    def fake_evaluate(self, completed: int) -> None:
-        self.last_metrics = {"mAP": 0.0, "epoch": completed}
+    class Scores(Callback):
+        def evaluate(self, state, completed: int) -> None:
+            state.summary.last_metrics = {"mAP": 0.0, "epoch": completed}
 
-    with mock.patch.object(trainer_mod._Trainer, "_train_epoch", fake_epoch), \
-            mock.patch.object(trainer_mod._Trainer, "_evaluate", fake_evaluate), \
-            mock.patch.object(trainer_mod._Trainer, "_save_last", lambda self, completed: None):
-        trainer_mod.train(config, manifest, progress=False, log=lambda message: None)
+    with mock.patch.object(trainer_mod, "train_epoch", fake_epoch):
+        trainer_mod.fit(state, [Scores()])
     return main_lr, center_lr
 
 

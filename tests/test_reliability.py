@@ -13,9 +13,9 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from reid.engine.checkpoint import load_checkpoint
+from reid.checkpoint import load_checkpoint
 from reid.errors import NonFiniteLossError, TrackingError
-from reid.tracking import Terminated
+from reid.engine.signals import Terminated
 
 
 def patch_objective(monkeypatch: pytest.MonkeyPatch, at_call: int, action: Callable[[dict], dict]) -> None:
@@ -121,7 +121,7 @@ def test_unreachable_tracking_server_fails_before_training(tiny_config, tmp_path
 
 
 def test_step_stats_record_the_first_bad_step_without_syncing_each_step() -> None:
-    from reid.engine.trainer import StepStats
+    from reid.engine.stats import StepStats
 
     stats = StepStats(["id", "triplet"], torch.device("cpu"))
     labels = torch.tensor([0, 1])

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from reid.engine.checkpoint import load_checkpoint, save_checkpoint
+from reid.checkpoint import load_checkpoint, save_checkpoint
 from reid.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_resume_with_another_class_count_is_refused(tiny_config, synthetic_manif
 
 
 def test_resume_with_a_changed_config_lists_every_differing_key(tiny_config, synthetic_manifest) -> None:
-    from reid.engine.trainer import check_resumable
+    from reid.engine.resume import check_resumable
 
     state = fake_checkpoint(tiny_config, 16, optim={"lr": 1.0}, loss={"triplet_margin": 0.5},
                             train={"epochs": 50, "eval_every": 7}, tracking={"experiment": "other"})
@@ -166,7 +166,7 @@ def test_pickled_checkpoint_is_refused(tiny_config, synthetic_manifest) -> None:
 
 
 def test_best_checkpoint_cannot_be_resumed(tiny_config) -> None:
-    from reid.engine.trainer import check_resumable
+    from reid.engine.resume import check_resumable
 
     state = fake_checkpoint(tiny_config, 16)
     del state["optimizers"]

@@ -14,14 +14,13 @@ import pytest
 
 from reid.config import Config, TrackingConfig
 from reid.errors import TrackingError
+from reid.engine.signals import Terminated, sigterm_as_interrupt
 from reid.tracking.mlflow_tracker import (
-    Terminated,
     Tracker,
     check_store,
     git_commit,
     resolve_store_uri,
     run_tags,
-    sigterm_as_interrupt,
 )
 
 
@@ -188,7 +187,7 @@ def test_training_run_is_fully_tracked(tiny_config, synthetic_manifest, tmp_path
     assert {"config.yaml", "metrics.json", "checkpoints"} <= artifacts, artifacts
     assert [f.path for f in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     local = Path(client.download_artifacts(run.info.run_id, "checkpoints/last.pt", str(tmp_path / "dl")))
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
 
     state = load_checkpoint(local)  # a weights-only state dict file, not a pickled MLflow model
     assert state["mlflow_run_id"] == run.info.run_id and state["epoch"] == epochs  # the run's model: the last epoch

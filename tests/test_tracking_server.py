@@ -326,7 +326,7 @@ def test_server_killed_mid_run_training_goes_on_and_log_run_sends_the_rest(
     seconds (MLflow's own retries would stall each call for minutes), and `reid log-run` sends what the
     restarted server missed, exactly once. The database (sqlite file or PostgreSQL) outlives the server."""
     from reid.config import validate
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
     from reid.engine.trainer import train
 
     server = mlflow_servers(tmp_path / "server", backend=backend)

@@ -39,7 +39,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path)
 
     import numpy as np
 
-    from reid.engine.checkpoint import load_checkpoint, save_checkpoint
+    from reid.checkpoint import load_checkpoint, save_checkpoint
 
     seed_everything(5)
     save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
@@ -78,7 +78,7 @@ def test_progress_redraws_on_a_terminal_and_writes_one_line_elsewhere() -> None:
 @pytest.mark.slow
 def test_a_run_writes_checkpoints_metrics_config_and_progress(tiny_config, synthetic_manifest, capfd) -> None:
     from reid.config import load_config
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.engine.trainer import train
 
     result = train(tiny_config, synthetic_manifest)
@@ -132,7 +132,7 @@ def test_training_beats_the_untrained_model(tiny_config, synthetic_manifest) -> 
 
 @pytest.mark.slow
 def test_backbone_is_frozen_for_the_first_epochs(tiny_config, synthetic_manifest) -> None:
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.engine.device import seed_everything as seed
     from reid.engine.trainer import train
     from reid.models.reid_model import build_model
@@ -180,7 +180,7 @@ def test_the_run_reports_its_last_epoch_and_selects_nothing_on_query_gallery(tin
 
 
 def test_a_validation_split_chooses_best_pt_on_held_out_training_identities(tiny_config, synthetic_manifest) -> None:
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.engine.trainer import train
 
     config = short(tiny_config, "train.epochs=3", "eval.val_ids=4")

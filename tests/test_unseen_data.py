@@ -54,8 +54,8 @@ def test_the_interrupt_hint_resumes_exactly_the_interrupted_run(tmp_path: Path, 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import reid.engine.trainer as trainer_module
     from reid.data.manifest import write_manifest
-    from reid.engine.checkpoint import save_checkpoint
-    from reid.tracking.mlflow_tracker import Terminated
+    from reid.checkpoint import save_checkpoint
+    from reid.engine.signals import Terminated
 
     monkeypatch.chdir(tmp_path)
     write_manifest(synthetic_manifest, tiny_config.data.manifest)
@@ -269,7 +269,7 @@ def random_checkpoint(path: Path, config, num_classes: int) -> Path:
     """A `reid train`-format checkpoint of an untrained model: enough to embed images."""
     import torch
 
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
     from reid.models.reid_model import build_model
 
     torch.manual_seed(0)
@@ -358,16 +358,36 @@ def test_unsupported_image_types_are_reported_not_dropped_silently(tmp_path: Pat
 
     layout = good_layout()
     root = folder_dataset(tmp_path / "ds", layout)
-    Image.new("RGB", (16, 32)).save(root / "train" / "t0" / "cam1_9.webp")
+    Image.new("RGB", (16, 32)).save(root / "train" / "t0" / "cam1_9.gif")
     result = runner.invoke(app(), ["prepare", "--params", str(params_for(tmp_path, root))])
     assert result.exit_code == 0, result.output
-    assert "1 image file(s) of an unsupported type (.webp) were ignored" in result.stderr
+    assert "1 image file(s) of an unsupported type (.gif) were ignored (t0/cam1_9.gif)" in result.stderr
     for path in (root / "query").rglob("*.jpg"):
-        Image.open(path).save(path.with_suffix(".webp"))
+        Image.open(path).save(path.with_suffix(".gif"))
         path.unlink()
     result = runner.invoke(app(), ["prepare", "--params", str(params_for(tmp_path, root))])
     assert result.exit_code == 2 and "no usable images" in result.stderr
-    assert "3 image file(s) of an unsupported type (.webp)" in result.stderr and "convert them" in result.stderr
+    assert "3 image file(s) of an unsupported type (.gif)" in result.stderr and "convert them" in result.stderr
+    assert "p0/cam1_0.gif, p1/cam1_0.gif, p2/cam1_0.gif" in result.stderr  # the ignored files are named
+
+
+def test_webp_and_bmp_images_are_read_like_jpeg(tmp_path: Path) -> None:
+    """Pillow decodes them, so a folder of .webp or .bmp crops is a dataset, not a list of ignored files."""
+    from PIL import Image
+
+    from reid.data.datasets import read_dataset
+    from reid.data.images import decode_image
+
+    root = folder_dataset(tmp_path / "ds", good_layout())
+    converted = []
+    for index, path in enumerate(sorted((root / "query").rglob("*.jpg"))):
+        target = path.with_suffix(".webp" if index % 2 else ".bmp")
+        Image.open(path).save(target)
+        path.unlink()
+        converted.append(str(target))
+    splits = read_dataset("folder", root)
+    assert sorted(s.path for s in splits.query) == sorted(converted) and not splits.warnings
+    assert all(decode_image(p).shape[0] == 3 for p in converted)
 
 
 def params_for(tmp_path: Path, root: Path, **data: object) -> Path:

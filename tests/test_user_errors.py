@@ -97,7 +97,7 @@ def test_train_refuses_single_camera_data_before_the_first_step(tiny_config, syn
 
 def test_a_failed_evaluation_keeps_the_trained_weights(tiny_config, synthetic_manifest,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.engine.trainer import train
     import reid.evaluation.runner as runner_module
 
@@ -206,7 +206,7 @@ def test_missing_manifest_hint_names_the_params_file_given(tmp_path: Path) -> No
 
 
 def test_a_yaml_passed_as_checkpoint_is_not_a_reid_checkpoint(tmp_path: Path) -> None:
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
 
     path = tmp_path / "params.yaml"
     path.write_text("data:\n  root: x\n")
@@ -217,7 +217,7 @@ def test_a_yaml_passed_as_checkpoint_is_not_a_reid_checkpoint(tmp_path: Path) ->
 
 def test_interrupt_in_the_first_epoch_does_not_claim_a_checkpoint(tmp_path: Path) -> None:
     from reid.commands.train import interrupted_message
-    from reid.engine.checkpoint import save_checkpoint
+    from reid.checkpoint import save_checkpoint
 
     last, params = tmp_path / "last.pt", Path("p.yaml")
     message = interrupted_message("SIGTERM", last, params, None, False, time.time())
@@ -284,7 +284,7 @@ def test_progress_prints_a_line_every_log_interval_when_not_on_a_terminal() -> N
 
 # -- 11: the untrained reference point -----------------------------------------------------------------
 def test_zero_epochs_evaluates_the_initial_model(tiny_config, synthetic_manifest) -> None:
-    from reid.engine.checkpoint import load_checkpoint
+    from reid.checkpoint import load_checkpoint
     from reid.engine.trainer import train
 
     config = validate({**tiny_config.model_dump(mode="json"), "train": {**tiny_config.train.model_dump(mode="json"),

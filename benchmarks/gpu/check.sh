@@ -238,8 +238,8 @@ GRACE=8 phase train "$(train_limit)" "$PY" -m reid.cli train --params "$WORK/par
 phase eval_compare "$CAP_EVAL" "$PY" "$TOOLS" compare --checkpoint "$WORK/run/last.pt" \
   --manifest "$WORK/manifest.json" --device "$DEVICE" --output "$OUT/eval_compare.json"
 
-# 8. the training curve from the training log.
-phase curve "$CAP_CURVE" "$PY" "$TOOLS" curve --log "$WORK/logs/train.log" --output "$OUT/curve.json" \
+# 8. the training curve from the run's metrics file (metrics.jsonl, written with MLflow off too).
+phase curve "$CAP_CURVE" "$PY" "$TOOLS" curve --metrics "$WORK/run/metrics.jsonl" --output "$OUT/curve.json" \
   --png "$OUT/curve.png"
 
 # Dry run: everything the processes imported is on the GPU image or in the wheels.

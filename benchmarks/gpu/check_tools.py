@@ -3,9 +3,10 @@
 * ``lock``: the carried wheels match ``wheels.lock`` (one wheel per pin, every requirement of a pinned
   package pinned too) and what Python imports is exactly the pinned version.
 * ``plan``: how many epochs (and, when a full epoch does not fit twice, how many steps per epoch) of
-  the recipe's 120-epoch schedule fit the time left, from the measured training throughput; writes the
-  run's params with the schedule compressed to those epochs (warmup and milestones scaled by
-  ``epochs / 120``).
+  the recipe's schedule (``train.epochs``, ``optim.warmup_epochs``, ``optim.milestones`` of the base
+  params, i.e. the config's recipe defaults: 120 / 10 / (40, 70)) fit the time left, from the measured
+  training throughput; writes the run's params with the schedule compressed to those epochs (warmup
+  and milestones scaled by ``epochs / train.epochs``).
 * ``compare``: one checkpoint's query/gallery features extracted once on the device and one distance
   matrix computed from them; the protocol scores that same matrix on the device and on the CPU, and
   the metrics must agree to 1e-6, so only a bug in the evaluation can fail it. How far distances
@@ -13,13 +14,9 @@
   metrics, is reported separately and decides nothing.
 * ``imports``: (dry run) every third-party distribution the check's processes imported is on the GPU
   machine's image (``image_packages.txt``) or carried as a wheel (``wheels.lock``).
-* ``curve``: the training curve (per-epoch loss, accuracy, img/s; mAP at each evaluation) parsed from
-  the training log, as JSON and a PNG.
+* ``curve``: the training curve (per-epoch loss, accuracy, img/s; mAP at each evaluation) read from
+  the run's ``metrics.jsonl`` (which ``reid train`` writes whether or not MLflow is on), as JSON and a PNG.
 * ``summary``: every phase's status and the headline numbers in one JSON.
-
-Why a log parser for the curve: with ``tracking.enabled: false`` (the GPU machine has no MLflow) the
-trainer's per-epoch numbers exist only as its one-line-per-epoch progress output; the dry run in
-tests/test_gpu_check.py fails if that format changes under the parser.
 """
 
 from __future__ import annotations
@@ -38,9 +35,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-RECIPE_EPOCHS = 120
-RECIPE_WARMUP = 10
-RECIPE_MILESTONES = (40, 70)
 MARKET_TRAIN = 12_936
 TOLERANCE = 1e-6
 
@@ -135,8 +129,9 @@ def check_lock(lock: str | Path, wheels: str | Path | None, versions_must_match:
 
 
 # -- plan --------------------------------------------------------------------------------------------
-def compressed_schedule(epochs: int) -> dict[str, Any]:
-    """The recipe's warmup and lr milestones scaled from 120 epochs to ``epochs`` (at least 1 each).
+def compressed_schedule(epochs: int, recipe: Any) -> dict[str, Any]:
+    """The warmup and lr milestones of ``recipe`` (a :class:`reid.config.Config`) scaled from its
+    ``train.epochs`` to ``epochs`` (at least 1 each).
 
     Milestones stay strictly increasing and after the warmup; a milestone that would fall past the
     last epoch is dropped, so a 1- or 2-epoch plan is simply warmup then constant lr.
@@ -144,10 +139,10 @@ def compressed_schedule(epochs: int) -> dict[str, Any]:
     epochs = int(epochs)
     if epochs < 1:
         raise ValueError("epochs must be >= 1")
-    scale = epochs / RECIPE_EPOCHS
-    warmup = max(1, round(RECIPE_WARMUP * scale))
+    scale = epochs / recipe.train.epochs
+    warmup = max(1, round(recipe.optim.warmup_epochs * scale))
     milestones: list[int] = []
-    for m in RECIPE_MILESTONES:
+    for m in recipe.optim.milestones:
         value = max(round(m * scale), warmup + 1, (milestones[-1] + 1) if milestones else 0)
         if value < epochs:
             milestones.append(value)
@@ -170,7 +165,7 @@ def throughput_from_log(log: str | Path, backbone: str) -> float | None:
     return None
 
 
-def plan_training(budget_s: float, images_per_s: float | None, *, epoch_steps: int, batch: int,
+def plan_training(budget_s: float, images_per_s: float | None, *, epoch_steps: int, batch: int, recipe_epochs: int,
                   startup_s: float = 40.0, eval_s: float = 25.0, efficiency: float = 0.85, min_epochs: int = 2,
                   min_steps: int = 4, fallback_images_per_s: float = 200.0) -> dict[str, Any]:
     """Epochs and steps per epoch whose training fits ``budget_s`` (the train phase's time limit).
@@ -188,7 +183,7 @@ def plan_training(budget_s: float, images_per_s: float | None, *, epoch_steps: i
     usable = budget_s - startup_s - eval_s
     fit = max(0, math.floor(usable * ips * efficiency / batch))
     if fit >= min_epochs * epoch_steps:
-        epochs, max_steps = min(RECIPE_EPOCHS, fit // epoch_steps), None
+        epochs, max_steps = min(recipe_epochs, fit // epoch_steps), None
     else:
         epochs, max_steps = min_epochs, max(min_steps, fit // min_epochs)
     steps = epoch_steps if max_steps is None else min(max_steps, epoch_steps)
@@ -217,14 +212,15 @@ def write_plan(args: argparse.Namespace) -> dict[str, Any]:
     data = config.data
     epoch_steps = epoch_steps_of(data.manifest, data.ids_per_batch, data.instances_per_id, config.train.seed)
     ips = next((v for log in args.bench_log or [] if (v := throughput_from_log(log, args.backbone))), None)
-    plan = plan_training(args.budget_s, ips, epoch_steps=epoch_steps, batch=data.batch_size)
+    plan = plan_training(args.budget_s, ips, epoch_steps=epoch_steps, batch=data.batch_size,
+                         recipe_epochs=config.train.epochs)
     if args.epochs:
         plan.update(epochs=args.epochs, reason="--epochs given")
     if args.max_steps:
         plan.update(max_steps_per_epoch=args.max_steps, steps_per_epoch=min(args.max_steps, epoch_steps),
                     reason="--max-steps given")
     epochs = plan["epochs"]
-    schedule = compressed_schedule(epochs)
+    schedule = compressed_schedule(epochs, config)
     # One evaluation, after the last epoch: the compare phase scores last.pt again, in detail.
     overrides = list(args.override or []) + [
         f"train.epochs={epochs}", f"train.eval_every={epochs}",
@@ -372,37 +368,35 @@ def compare_devices(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- curve -------------------------------------------------------------------------------------------
-_EPOCH = re.compile(r"^epoch (\d+)/(\d+) \[[#.]*\] (\d+)/(\d+)\s+(.*)$")
-# The trainer's evaluation line, in percent as `reid evaluate` prints it (EvalResult.summary()):
-# "epoch 2: query/gallery mAP 12.5 | R1 30.0 | R5 ... | mINP 5.0 (...)".
-_EVAL = re.compile(r"epoch (\d+): query/gallery mAP ([0-9.]+) \| R1 ([0-9.]+) .*?\| mINP ([0-9.]+)")
+def read_curve(metrics_log: str | Path) -> dict[str, list[dict[str, float]]]:
+    """Per-epoch training rows and per-evaluation rows from a run's ``metrics.jsonl``.
 
+    ``train/*`` lines are logged at the epoch number, ``train_step/*`` at the global step (always at
+    an epoch's last step, so the steps of an epoch are the difference of those), ``eval_epoch/*`` at
+    the epoch of the evaluation. A replayed (resumed) epoch keeps its last line.
+    """
+    from reid.engine.metrics_log import read_metrics_log
 
-def parse_training_log(text: str) -> dict[str, list[dict[str, float]]]:
-    """Per-epoch training rows and per-evaluation rows from ``reid train``'s output."""
     epochs: dict[int, dict[str, float]] = {}
-    evals: list[dict[str, float]] = []
-    for line in text.replace("\r", "\n").splitlines():
-        line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line).strip()
-        m = _EPOCH.match(line)
-        if m and m.group(3) == m.group(4):  # the closing line of an epoch
-            row: dict[str, float] = {"epoch": int(m.group(1)), "steps": int(m.group(4))}
-            for key, pattern in (("loss", r"\bloss (\S+)"), ("acc", r"\bacc ([0-9.]+)%"), ("lr", r"\blr (\S+)"),
-                                 ("img_per_s", r"(\d+) img/s")):
-                found = re.search(pattern, m.group(5))
-                if found:  # the bar shows acc in percent; the curve keeps fractions, as metrics.json does
-                    row[key] = float(found.group(1)) / (100 if key == "acc" else 1)
-            epochs[row["epoch"]] = row  # a replayed (resumed) epoch keeps its last line
-            continue
-        e = _EVAL.search(line)
-        if e:
-            evals.append({"epoch": int(e.group(1)), "mAP": float(e.group(2)) / 100, "rank1": float(e.group(3)) / 100,
-                          "mINP": float(e.group(4)) / 100})
-    return {"train": [epochs[k] for k in sorted(epochs)], "eval": evals}
+    evals: dict[int, dict[str, float]] = {}
+    last_step, epoch_start = 0, 0
+    for row in read_metrics_log(metrics_log):
+        if "train_step/loss" in row:
+            last_step = int(row["step"])
+        elif "train/loss" in row:
+            epoch = int(row["step"])
+            epochs[epoch] = {"epoch": epoch, "steps": last_step - epoch_start, "loss": row["train/loss"],
+                             **({"acc": row["train/acc"]} if row.get("train/acc") is not None else {}),
+                             "lr": row["train/lr"], "img_per_s": row["train/img_per_s"]}
+            epoch_start = last_step
+        elif "eval_epoch/mAP" in row:
+            evals[int(row["step"])] = {"epoch": int(row["step"]), "mAP": row["eval_epoch/mAP"],
+                                       "rank1": row["eval_epoch/rank1"], "mINP": row["eval_epoch/mINP"]}
+    return {"train": [epochs[k] for k in sorted(epochs)], "eval": [evals[k] for k in sorted(evals)]}
 
 
 def write_curve(args: argparse.Namespace) -> dict[str, Any]:
-    curve = parse_training_log(Path(args.log).read_text(errors="replace"))
+    curve = read_curve(args.metrics)
     _write_json(args.output, curve)
     if args.png and curve["train"]:
         import matplotlib
@@ -592,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cpu-images", type=int, default=64)
     p.add_argument("--output", required=True)
     p = sub.add_parser("curve")
-    p.add_argument("--log", required=True)
+    p.add_argument("--metrics", required=True, help="the run's metrics.jsonl (reid train writes it in train.output_dir)")
     p.add_argument("--output", required=True)
     p.add_argument("--png", default=None)
     p = sub.add_parser("imports")

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from reid.commands._common import clean_errors, config_from_cli
-from reid.errors import TrackingError
 
 if TYPE_CHECKING:
     from reid.config import Config
+    from reid.data.manifest import Manifest
+    from reid.evaluation.metrics import EvalResult
     from reid.evaluation.naming import EvaluationNames
+    from reid.tracking import Tracker
 
 # Data settings that belong to the trained model rather than to the evaluation.
 MODEL_DATA_KEYS = ("height", "width", "mean", "std")
@@ -100,7 +102,7 @@ def explicit_eval_keys(params: Path, variant: str | None, overrides: list[str]) 
 
 def checkpoint_run_id(checkpoint: Path) -> str | None:
     """The MLflow run that trained the checkpoint (key ``mlflow_run_id``), read without loading weights."""
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
 
     run_id = read_entry(checkpoint, "mlflow_run_id")
     return str(run_id) if run_id else None
@@ -130,58 +132,44 @@ def log_evaluation_run(
     :class:`reid.tracking.Tracker`, so the store and the anchoring of relative paths are the same as
     for training runs.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from reid.evaluation.runner import log_to_mlflow
+    from reid.evaluation.naming import EvaluationNames
     from reid.tracking import Tracker
 
-    from reid.evaluation.naming import EvaluationNames
-
     names = names or EvaluationNames()
-    prefix, artifact_path = names.metric_prefix, names.artifact_path
-    tracker = Tracker(config.tracking, base=base)
+    tracker = Tracker(config.tracking, base=base, strict=True)
     tracker.check()
-    flags = {f"{prefix}flip": str(bool(config.eval.flip)).lower(), f"{prefix}checkpoint": str(checkpoint.resolve()),
-             **{f"{prefix}{key}": value for key, value in (dataset or {}).items()}}
-    if trained_by:
-        client = MlflowClient(tracking_uri=tracker.uri)
-        try:
-            client.get_run(trained_by)
-        except MlflowException:
-            pass  # not in this store: fall through to a run of its own
-        else:
-            log_to_mlflow(result, artifacts, run_id=trained_by, prefix=prefix, tracking_uri=tracker.uri,
-                          artifact_path=artifact_path)
-            for key, value in flags.items():
-                client.set_tag(trained_by, key, value)
-            _log_target_input(client, trained_by, manifest, names)
-            return trained_by, True
+    flags = {f"{names.metric_prefix}flip": str(bool(config.eval.flip)).lower(),
+             f"{names.metric_prefix}checkpoint": str(checkpoint.resolve()),
+             **{f"{names.metric_prefix}{key}": value for key, value in (dataset or {}).items()}}
+    if trained_by and tracker.attach(trained_by):
+        _log_evaluation(tracker, result, artifacts, names, flags, manifest)
+        return trained_by, True
     tags = {"reid.command": "evaluate", "variant": name, "reid.checkpoint": str(checkpoint.resolve()), **flags}
     if trained_by:
         tags["reid.trained_by_run"] = trained_by
     run_name = f"evaluate-{name}" + (f"-{names.target}" if names.target else "") + ("-rerank" if names.rerank else "")
     with tracker.start(run_name=run_name, tags=tags):
         tracker.log_params({k: v for k, v in config.flat().items() if k.startswith(("eval.", "model."))})
-        log_to_mlflow(result, artifacts, run_id=tracker.run_id, prefix=prefix, tracking_uri=tracker.uri,
-                      artifact_path=artifact_path)
-        _log_target_input(MlflowClient(tracking_uri=tracker.uri), tracker.run_id, manifest, names)
+        _log_evaluation(tracker, result, artifacts, names, flags, manifest)
     return tracker.run_id, False
 
 
-def _log_target_input(client: Any, run_id: str | None, manifest: Any, names: "EvaluationNames") -> None:
-    """A cross-domain target's manifest as an ``eval`` dataset input of the run (nothing for own data)."""
-    if manifest is None or names.target is None or run_id is None:
-        return
-    from mlflow.exceptions import MlflowException
+def _log_evaluation(tracker: "Tracker", result: "EvalResult", artifacts: list[Path], names: "EvaluationNames",
+                    flags: dict[str, str], manifest: "Manifest | None") -> None:
+    """Metrics under the names' prefix (step 0), protocol tags, the output files, and a cross-domain
+    target's manifest as an ``eval`` dataset input (nothing for the model's own data)."""
+    from reid.evaluation.runner import metrics_for_logging
 
-    from reid.tracking.datasets import EVAL_CONTEXT, log_dataset
+    prefix = names.metric_prefix
+    tracker.log_metrics(metrics_for_logging(result, prefix), step=0)
+    tracker.set_tags({f"{prefix}ap_variant": result.ap_variant, f"{prefix}rerank": str(bool(result.rerank)).lower(),
+                      **flags})
+    for path in artifacts:
+        tracker.log_artifact(path, names.artifact_path)
+    if manifest is not None and names.target is not None:
+        from reid.tracking.datasets import EVAL_CONTEXT
 
-    try:
-        log_dataset(client, run_id, manifest, EVAL_CONTEXT, name=names.target)
-    except MlflowException as exc:
-        raise TrackingError(f"could not record target {names.target!r} as a dataset input of MLflow run "
-                            f"{run_id}: {exc}") from exc
+        tracker.log_dataset(manifest, EVAL_CONTEXT, name=names.target)
 
 
 def command(
@@ -210,6 +198,10 @@ def command(
     mlflow_run_id: Annotated[
         Optional[str], typer.Option("--mlflow-run-id", help="Log into this MLflow run (default: the run that trained the checkpoint).")
     ] = None,
+    duplicates: Annotated[
+        str, typer.Option("--duplicates", help="Byte-identical copies (a query's copy in the gallery under another camera, a test "
+                          "image also in training): warn (score the split as published) or exclude (leave them out).")
+    ] = "warn",
 ) -> None:
     """Evaluate a checkpoint with the Market-1501 protocol: mAP, CMC, mINP, CMC plot, ranked lists."""
     with clean_errors():
@@ -220,17 +212,17 @@ def command(
             if params != Path("params.yaml") or variant:
                 raise ConfigError(f"parameter file {params} does not exist")
             params_path = None  # no project params: evaluate with the checkpoint's own configuration
-        from reid.config import read_params
-        from reid.targets import find_target, parse_targets
+        from reid.config import read_evaluate
+        from reid.targets import find_target
 
         # Pipeline keys of the params file: where evaluations go, and the cross-domain targets.
-        section = (read_params(params_path).get("evaluate") or {}) if params_path is not None else {}
-        output_base = Path(section.get("output_dir") or "pipeline/eval")
+        settings = read_evaluate(params_path)
+        output_base = settings.output_dir
         target_settings = None
         if target is not None:
             if params_path is None:
                 raise ConfigError(f"--target {target} needs a params file declaring evaluate.targets (--params PATH)")
-            target_settings = find_target(parse_targets(section.get("targets"), str(params_path)), target, str(params_path))
+            target_settings = find_target(settings.targets, target, str(params_path))
         overrides = (target_settings.eval_overrides() if target_settings else []) + list(override or [])
         if rerank is not None:
             overrides.append(f"eval.rerank={str(rerank).lower()}")
@@ -262,7 +254,7 @@ def command(
             Tracker(config.tracking, base=base).check()
 
         from reid.compare import MODELS_DIR
-        from reid.engine.checkpoint import read_entry
+        from reid.checkpoint import read_entry
         from reid.evaluation.naming import EvaluationNames, cross_domain_target, output_name
 
         name = model_name(checkpoint, variant)
@@ -287,7 +279,9 @@ def command(
         # Which data this is, and whether it is the data the checkpoint was trained on.
         trained_on = read_entry(checkpoint, "data_hash")
         data_hash = getattr(split, "content_hash", None)
-        dataset_name = getattr(split, "name", "") or Path(manifest_path).stem
+        from reid.data.manifest import dataset_name as name_of
+
+        dataset_name = name_of(split)
         target_name = cross_domain_target(target, trained_on, data_hash, dataset_name)
         if target_name and target is None:
             typer.secho(f"note: {manifest_path} is not the data {checkpoint} was trained on (content hash "
@@ -298,11 +292,17 @@ def command(
         dataset = {"dataset": dataset_name, "dataset_format": str(getattr(split, "format", "") or ""),
                    "dataset_hash": str(data_hash or ""), "manifest": str(manifest_path)}
 
+        from reid.evaluation.duplicates import apply_duplicate_policy
+
+        copies = apply_duplicate_policy(split, duplicates)  # see reid.evaluation.duplicates
+        for line in copies.warnings:
+            typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
+        split = copies.split
         typer.echo(f"evaluating {checkpoint} ({config.model.backbone}) on {len(split.query)} query / "
                    f"{len(split.gallery)} gallery images, device {device}")
         result = evaluate_model(model, split, config, device)
         extra = {"flip": bool(config.eval.flip), "checkpoint": str(checkpoint), "model": name, "target": target_name,
-                 **dataset, "trained_on_hash": str(trained_on or "")}
+                 **dataset, "trained_on_hash": str(trained_on or ""), "duplicates": copies.summary}
         paths = write_outputs(result, out_dir, extra=extra, title=name if target_name is None else f"{name} on {target_name}")
         typer.echo(result.summary())
         if result.skipped_report():

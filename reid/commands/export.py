@@ -53,13 +53,21 @@ def command(
         if format not in FORMATS:
             raise ReidError(f"--format {format!r} is not supported; use one of {', '.join(FORMATS)}")
         tracking = None
-        if track and params.is_file():
+        not_logged = None  # why nothing goes to MLflow, said in one line (tracking is on by default)
+        if not track:
+            not_logged = "MLflow: not logged or registered (--no-track)"
+        elif not params.is_file():
+            not_logged = (f"MLflow: not logged or registered: no parameter file {params} (its tracking section says "
+                          "where to log); pass --params PATH, or --no-track to silence this")
+        else:
             config = config_from_cli(params, None, None)
             if config.tracking.enabled:
                 from reid.tracking import Tracker
 
                 tracking = config.tracking
                 Tracker(tracking, base=project_base(params)).check()  # fail before the export, not after
+            else:
+                not_logged = f"MLflow: not logged or registered: tracking.enabled is false in {params}"
         try:
             path, meta, result, report_file = export_checkpoint(
                 checkpoint, format, output, images=images, manifest=manifest, num_images=num_images,
@@ -96,3 +104,5 @@ def command(
                                                          contract=meta if format == "onnx" else None)
             typer.echo(f"MLflow: {path.name} and its report logged to run {run_id}; registered as {registered} "
                        f"version {version}")
+        elif not_logged:
+            typer.secho(not_logged, fg=typer.colors.YELLOW, err=True)

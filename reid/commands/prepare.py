@@ -74,23 +74,26 @@ def statistics_path(manifest: Path) -> Path:
     return manifest.parent / name
 
 
-def _drop_corrupt(splits: "DatasetSplits", policy: str, threads: int) -> list[str]:
-    """Decode every image; with ``skip`` remove the corrupt ones from ``splits`` and return warnings."""
-    from reid.data.images import find_corrupt, without_fix
+def _drop_corrupt(splits: "DatasetSplits", policy: str, threads: int, decode: bool = True) -> list[str]:
+    """Find the corrupt images (``decode``: every image is decoded; else only the zero-byte files, which
+    the sizes show at no cost); with ``skip`` remove them from ``splits`` and return warnings."""
+    from reid.data.images import MAX_LISTED, find_corrupt, find_empty, without_fix
     from reid.data.samples import SPLIT_NAMES
     from reid.errors import CorruptImageError
 
     bad: dict[str, list[tuple[int, str]]] = {}
     for name in SPLIT_NAMES:
-        found = find_corrupt(splits.split(name), threads=threads)
+        found = find_corrupt(splits.split(name), threads=threads) if decode else find_empty(splits.split(name))
         if found:
             bad[name] = found
     messages = [msg for found in bad.values() for _, msg in found]
     if not messages:
         return []
     if policy == "fail":
-        shown = "\n  ".join(messages[:10]) + (f"\n  ... and {len(messages) - 10} more" if len(messages) > 10 else "")
-        raise CorruptImageError(f"{len(messages)} corrupt image(s) (data.corrupt_images=fail):\n  {shown}\n"
+        shown = "\n  ".join(messages[:MAX_LISTED])
+        shown += f"\n  ... and {len(messages) - MAX_LISTED} more" if len(messages) > MAX_LISTED else ""
+        what = "corrupt image(s)" if decode else "empty (0-byte) image file(s)"
+        raise CorruptImageError(f"{len(messages)} {what} (data.corrupt_images=fail):\n  {shown}\n"
                                 f"Replace or delete them, or set data.corrupt_images=skip to leave them out of the manifest.")
     for name, found in bad.items():
         drop = {index for index, _ in found}
@@ -126,6 +129,7 @@ def command(
     """Check the dataset, print its statistics and write the manifest that training and evaluation read."""
     with clean_errors():
         from reid.data.datasets import read_dataset, reader_options, statistics_table
+        from reid.atomic import write_text_atomic
         from reid.data.manifest import build_manifest, write_manifest
         from reid.errors import DatasetError
 
@@ -161,9 +165,9 @@ def command(
         chosen = select_targets(declared, target, targets, str(params))
         prepared_targets = read_target_datasets(chosen, read, dataset_root)
         warnings = list(splits.warnings)
-        if check_images:
-            threads = max(1, min(8, os.cpu_count() or 1))
-            warnings += _drop_corrupt(splits, data.corrupt_images, threads)
+        # Zero-byte files always (their sizes are read anyway); every other corrupt file with --check-images.
+        threads = max(1, min(8, os.cpu_count() or 1))
+        warnings += _drop_corrupt(splits, data.corrupt_images, threads, decode=check_images)
         # Printed after corrupt images were dropped: the table shows what statistics.json records.
         typer.echo(statistics_table(splits))
         for note in splits.notes:
@@ -172,12 +176,15 @@ def command(
         from reid.data.checks import dataset_warnings
 
         manifest = build_manifest(splits)
-        for warning in warnings + dataset_warnings(manifest, data.instances_per_id):
+        from reid.data.duplicates import duplicate_warnings
+
+        warnings += dataset_warnings(manifest, data.instances_per_id) + duplicate_warnings(manifest)
+        for warning in warnings:
             typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
         path = write_manifest(manifest, data.manifest)
         stats_path = statistics_path(path)
         stats: dict[str, object] = {**manifest.statistics, "num_classes": manifest.num_classes}
-        stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+        write_text_atomic(stats_path, json.dumps(stats, indent=2) + "\n")
         typer.echo(f"wrote {path} ({manifest.num_classes} training identities, content hash "
                    f"{manifest.content_hash[:12]}) and {stats_path}")
         if not targets:

@@ -4,7 +4,8 @@ Relative tracking paths (``sqlite:///mlflow.db``, ``mlruns``) are anchored at ``
 DVC stage, else at the working directory, like every relative path of the parameters and like
 ``reid ui`` and ``reid evaluate`` (docs/PARAMETERS.md, "Relative paths").
 
-Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss),
+Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss,
+an output that cannot be written: a full disk names the path, the free space and the resume command),
 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
 last completed epoch and ``reid train --resume`` continues the same MLflow run (interrupted in the
 first epoch, there is no ``last.pt`` of this run, and the message says so).
@@ -12,6 +13,7 @@ first epoch, there is no ``last.pt`` of this run, and the message says so).
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -34,7 +36,7 @@ def interrupted_message(reason: str, last: Path, params: Path, variant: str | No
     run name, so that, pasted, it continues this run and not the one in the default folder.
     """
     from reid.commands._common import command_line
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
 
     again = command_line("train", params, variant, overrides, run_name)
     ours = last.is_file() and (resume or last.stat().st_mtime >= started - MTIME_GRAIN_S)
@@ -94,18 +96,26 @@ def command(
 ) -> None:
     """Train a ReID model: last.pt (the model of the last epoch; best.pt only with eval.val_ids), metrics.json and an MLflow run."""
     from reid.commands._common import project_base
-    from reid.engine.checkpoint import LAST_CHECKPOINT
-    from reid.tracking.mlflow_tracker import Terminated
+    from reid.checkpoint import LAST_CHECKPOINT
+    from reid.engine.signals import Terminated
+    from reid.errors import DiskFullError, WriteError
 
     with clean_errors():
         config = config_from_cli(params, variant, override)
+        from reid.engine.launch import place
+
+        # The devices: this process trains on one, or N workers ran this command (docs/GPU.md).
+        again = command_line("train", params, variant, override, run_name, *(["--resume"] if resume else []))
+        placement = place(config, shlex.split(again)[1:])
+        if placement.exit_code is not None:
+            raise typer.Exit(code=placement.exit_code)
         from reid.data.manifest import load_manifest
         from reid.engine.trainer import train
 
         # Loaded here so that a missing manifest names the params file this command was given.
         manifest = load_manifest(config.data.manifest, params, variant)
         overrides = list(override or [])
-        tags = identity_tags(params, variant, overrides, run_name, config)
+        tags = {**placement.tags, **identity_tags(params, variant, overrides, run_name, config)}
         started = time.time()
         try:
             result = train(config, manifest, resume=resume, variant=variant, run_name=run_name,
@@ -118,6 +128,15 @@ def command(
                                             overrides, run_name),
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=code) from None
+        except WriteError as exc:
+            # A full disk (or a read-only output folder): the error names the path and the space; the
+            # previous last.pt is intact, so say how to continue once space is freed, as after Ctrl-C.
+            last = Path(config.train.output_dir) / LAST_CHECKPOINT
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            reason = "no space left on the device" if isinstance(exc, DiskFullError) else "an output could not be written"
+            typer.secho(interrupted_message(reason, last, params, variant, resume, started, overrides, run_name),
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=2) from None
 
     metrics = result.metrics
     # Percent, as `reid evaluate` and the epoch lines print it (metrics.json keeps fractions).

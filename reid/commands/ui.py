@@ -103,7 +103,7 @@ def command(
     typer.echo(f"MLflow UI on http://{browse_host}:{port}  (Ctrl-C to stop)")
     typer.echo(message)
     typer.echo(shown, err=True)
-    from reid.tracking.mlflow_tracker import sigterm_as_interrupt
+    from reid.engine.signals import sigterm_as_interrupt
 
     server = subprocess.Popen(argv, env={**os.environ, **env_add})
     # Ctrl-C reaches the server too (same process group); SIGTERM, to this process alone, must not

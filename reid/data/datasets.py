@@ -194,7 +194,7 @@ def _read_folder(root: str, allow_id_overlap: bool = False, no_cameras: bool = F
                                    f"may only appear in the gallery split")
             id_folder = os.path.join(folder, identity)
             files = visible_files(id_folder)
-            ignored.setdefault(split, []).extend(unsupported_images(files))
+            ignored.setdefault(split, []).extend(f"{identity}/{n}" for n in unsupported_images(files))
             for name in files:
                 if not is_image_name(name):
                     continue

@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 
 from reid.atomic import atomic_target
+from reid.data.images import already_reported
 from reid.data.pack import file_stamp
 from reid.data.transforms import resize_uint8
 from reid.errors import CorruptImageError, ReidError
@@ -119,9 +120,10 @@ class ImageStore:
         kept = [i for i, img in enumerate(images) if img is not None]
         if not kept:
             raise CorruptImageError(f"every one of the {len(paths)} training images is corrupt (first: {paths[0]})")
-        if dropped:
-            shown = ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else "")
-            warnings.warn(f"data.corrupt_images=skip: dropped {len(dropped)} corrupt training image(s): {shown}",
+        unnamed = [path for path in dropped if not already_reported(path)]  # not named before training
+        if unnamed:
+            shown = ", ".join(unnamed[:5]) + (" ..." if len(unnamed) > 5 else "")
+            warnings.warn(f"data.corrupt_images=skip: dropped {len(unnamed)} corrupt training image(s): {shown}",
                           stacklevel=2)
         decoded = [images[i] for i in kept]
         stacked = _stack(decoded, size, max(1, int(num_threads)))

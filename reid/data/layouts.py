@@ -16,14 +16,18 @@ from dataclasses import dataclass
 from reid.data.samples import Sample
 from reid.errors import DatasetError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-# Image types a dataset folder may hold that the readers do not take: they are counted and reported,
+# The image types the readers take: every one that Pillow decodes in the project's environment
+# (WebP through its bundled libwebp, BMP natively), so that a folder of .webp crops is read, not ignored.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# Image types a dataset folder may hold that the readers do not take: they are counted and named,
 # never dropped without a word.
-UNSUPPORTED_IMAGE_EXTENSIONS: tuple[str, ...] = (".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".jp2",
+UNSUPPORTED_IMAGE_EXTENSIONS: tuple[str, ...] = (".gif", ".tif", ".tiff", ".jfif", ".jp2",
                                                  ".avif", ".heic", ".heif", ".ppm", ".pgm", ".pnm")
+#: How many ignored files a warning names (the count is complete).
+NAMED_IGNORED = 5
 SYNTH_HINT = "to try the toolkit without it, generate a synthetic Market-format dataset with `reid synth DIR`"
 
-EXT = r"(?:\.(?:jpe?g|png))+"  # one or more image extensions: Market's ``.jpg.jpg`` files must parse
+EXT = r"(?:\.(?:jpe?g|png|webp|bmp))+"  # one or more image extensions: Market's ``.jpg.jpg`` files must parse
 MARKET_STYLE_FOLDERS: dict[str, str] = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 
@@ -120,7 +124,8 @@ def ignored_warning(where: str, names: list[str]) -> str:
 
 def unsupported_note(names: list[str]) -> str:
     types = ", ".join(sorted({os.path.splitext(n)[1].lower() for n in names}))
-    return (f"{len(names)} image file(s) of an unsupported type ({types}) were ignored: only "
+    shown = ", ".join(sorted(names)[:NAMED_IGNORED]) + (" ..." if len(names) > NAMED_IGNORED else "")
+    return (f"{len(names)} image file(s) of an unsupported type ({types}) were ignored ({shown}): only "
             f"{', '.join(IMAGE_EXTENSIONS)} are read; convert them (e.g. with Pillow) to include them")
 
 

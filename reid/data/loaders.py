@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from reid.data.image_store import ImageStore, estimate_bytes
+from reid.data.images import already_reported
 from reid.data.sampler import PKSampler, seeded_generator
 from reid.data.transforms import TestTransform, TrainAugment, resize_uint8
 from reid.errors import CorruptImageError, ReidError
@@ -90,7 +91,8 @@ class _DecodeDataset(Dataset):
         except CorruptImageError:
             if self.policy != "skip":
                 raise
-            if self.paths[index] not in self._warned:
+            if self.paths[index] not in self._warned and not already_reported(self.paths[index]):
+                # Named once: not again when the check before training already listed it.
                 self._warned.add(self.paths[index])
                 warnings.warn(f"data.corrupt_images=skip: skipping corrupt image {self.paths[index]}", stacklevel=2)
             return None

@@ -80,6 +80,12 @@ class Manifest(BaseModel):
                              has_cameras=self.has_cameras, protocol=self.protocol)
 
 
+def dataset_name(manifest: Manifest) -> str:
+    """The dataset's name for people and MLflow tags: its root folder's name (``Market-1501-v15.09.15``),
+    else its format. The one place that derives it (training tags, evaluation tags, comparisons)."""
+    return Path(str(manifest.root)).name or str(manifest.format)
+
+
 def train_label_map(train: list[Sample]) -> dict[int, int]:
     """``{pid: label}`` with labels ``0..C-1`` assigned in increasing pid order (deterministic)."""
     return {pid: label for label, pid in enumerate(sorted({s.pid for s in train}))}

@@ -43,7 +43,7 @@ def load_checkpoint_module(checkpoint: Path | str, device: torch.device | str = 
     Raises :class:`reid.errors.CheckpointError` for a file that is not a ``reid train`` checkpoint.
     """
     from reid.deploy.contract import build_contract, weights_hash
-    from reid.engine.checkpoint import read_entry
+    from reid.checkpoint import read_entry
     from reid.models.inference import load_inference_model
 
     path = Path(checkpoint)

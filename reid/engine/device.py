@@ -31,12 +31,17 @@ import torch
 
 from reid.errors import ReidError
 
+#: The devices ``reid train`` leased for this job, one per local rank (``cuda:2,cuda:3``), set by
+#: :mod:`reid.engine.launch` for this process and its workers.
+DEVICES_ENV = "REID_DEVICES"
+
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
     """``train.device`` -> a usable ``torch.device``; a device that is not there is a clear error.
 
     ``local_rank`` (torchrun's ``LOCAL_RANK``) selects the GPU of this process when the name does not
-    pin one (``auto`` or ``cuda``), so every process of a multi-GPU run gets its own device.
+    pin one (``auto`` or ``cuda``), so every process of a multi-GPU run gets its own device: the
+    ``local_rank``-th GPU ``reid train`` leased (``REID_DEVICES``), else ``cuda:local_rank``.
     """
     if name == "auto":
         if torch.cuda.is_available():
@@ -50,12 +55,17 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         if not torch.cuda.is_available():
             raise ReidError(f"train.device={name!r} but CUDA is not available here; use train.device=auto or cpu")
         if device.index is None:
-            device = torch.device("cuda", local_rank or 0)
+            device = torch.device("cuda", _leased_index(local_rank or 0))
         if device.index >= torch.cuda.device_count():
             raise ReidError(f"train.device asks for {device} but only {torch.cuda.device_count()} CUDA device(s) exist")
     elif device.type == "mps" and not _mps_available():
         raise ReidError("train.device='mps' but the MPS backend is not available here; use train.device=auto or cpu")
     return device
+
+
+def _leased_index(local_rank: int) -> int:
+    leased = [d for d in os.environ.get(DEVICES_ENV, "").split(",") if d.startswith("cuda:")]
+    return int(leased[local_rank].split(":", 1)[1]) if local_rank < len(leased) else local_rank
 
 
 def _mps_available() -> bool:

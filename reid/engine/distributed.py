@@ -44,6 +44,7 @@ from torch.autograd import Function
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from reid.errors import ReidError
+from reid.parallel import all_gather_no_grad, all_reduce_, is_distributed
 
 
 @dataclass(frozen=True)
@@ -205,71 +206,12 @@ class _AllGatherWithGrad(Function):
 
 
 def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
-    return _AllReduceSum.apply(x) if _active() else x
+    return _AllReduceSum.apply(x) if is_distributed() else x
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """All ranks' ``x`` concatenated in rank order, differentiable (identity for one process)."""
-    return _AllGatherWithGrad.apply(x) if _active() else x
-
-
-def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
-    if not _active():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the active process group, ``(0, 1)`` without one."""
-    if not _active():
-        return 0, 1
-    return dist.get_rank(), dist.get_world_size()
-
-
-def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Rank ``rank``'s contiguous slice ``[start, stop)`` of ``n`` items; sizes differ by at most one."""
-    return rank * n // world, (rank + 1) * n // world
-
-
-def gather_shards(part: torch.Tensor, n: int) -> torch.Tensor:
-    """Every rank's contiguous shard (see :func:`shard_bounds`) of an ``[n, ...]`` tensor, in order.
-
-    The collective needs equal shapes, so each shard is padded to the largest and trimmed after.
-    """
-    if not _active():
-        return part
-    rank, world = rank_and_world()
-    sizes = [stop - start for start, stop in (shard_bounds(n, r, world) for r in range(world))]
-    if part.shape[0] != sizes[rank]:
-        raise ReidError(f"rank {rank} holds {part.shape[0]} rows but its shard of {n} has {sizes[rank]}")
-    longest = max(sizes)
-    padded = part.new_zeros((longest, *part.shape[1:]))
-    padded[: part.shape[0]] = part
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:size] for p, size in zip(parts, sizes)], dim=0)
-
-
-def all_reduce_(x: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (for statistics; no gradient)."""
-    if _active():
-        dist.all_reduce(x)
-    return x
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's picklable ``obj`` (small things only: sampler and RNG states for checkpoints)."""
-    if not _active():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _AllGatherWithGrad.apply(x) if is_distributed() else x
 
 
 class GlobalBatchLoss(nn.Module):
@@ -304,7 +246,7 @@ class CPUSyncBatchNorm(_BatchNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(input)
-        if not (self.training and _active()):
+        if not (self.training and is_distributed()):
             return super().forward(input)
         dims = [0] + list(range(2, input.dim()))
         shape = [1, -1] + [1] * (input.dim() - 2)

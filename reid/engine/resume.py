@@ -31,6 +31,7 @@ from reid.errors import CheckpointError
 
 OBSERVATION_KEYS: tuple[str, ...] = (
     "train.eval_every", "train.log_every_steps", "train.output_dir", "train.device", "train.compile",
+    "train.nproc", "train.gpu_busy",
     "data.num_workers", "data.test_batch_size", "data.input_pipeline", "data.corrupt_images", "eval.", "tracking.",
 )
 CONTINUATION_KEYS: tuple[str, ...] = (

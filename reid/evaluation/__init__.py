@@ -7,7 +7,7 @@ query x gallery distances), ``metrics`` (mAP / CMC / mINP, :class:`EvalResult`),
 
 from reid.evaluation.features import extract_features
 from reid.evaluation.metrics import EvalResult, RankedLists, evaluate_distances, evaluate_features, ranked_lists
-from reid.evaluation.runner import evaluate_model, log_to_mlflow, write_outputs
+from reid.evaluation.runner import evaluate_model, write_outputs
 
 __all__ = [
     "EvalResult",
@@ -16,7 +16,6 @@ __all__ = [
     "evaluate_features",
     "evaluate_model",
     "extract_features",
-    "log_to_mlflow",
     "ranked_lists",
     "write_outputs",
 ]

@@ -1,22 +1,23 @@
-"""Evaluate a model on a manifest's query/gallery split, write the results, log them to MLflow.
+"""Evaluate a model on a manifest's query/gallery split and write the results.
 
-The pieces are separate so the trainer can evaluate every few epochs (``evaluate_model`` +
-``log_to_mlflow`` with a step) while ``reid evaluate`` also writes files (``write_outputs``).
+The pieces are separate so the trainer can evaluate every few epochs (``evaluate_model``, its metrics
+sent through the run's sinks) while ``reid evaluate`` also writes files (``write_outputs``). Nothing
+here talks to MLflow: both log through :class:`reid.tracking.Tracker` (``metrics_for_logging`` gives
+the names).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from reid.errors import EvaluationError, TrackingError
+from reid.errors import EvaluationError
 from reid.evaluation.features import extract_features
 from reid.evaluation.metrics import EvalResult, evaluate_distances, make_distance_producer, ranked_lists
 
@@ -138,7 +139,7 @@ def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.d
         Under torchrun every rank embeds its own contiguous shard and the shards are gathered in
         order, so N GPUs extract N times faster and every rank ends with the same full matrix.
         """
-        from reid.engine.distributed import all_gather_objects, gather_shards, rank_and_world, shard_bounds
+        from reid.parallel import all_gather_objects, gather_shards, rank_and_world, shard_bounds
 
         rank, world = rank_and_world()
         sharded = world > 1 and len(samples) >= world
@@ -185,6 +186,7 @@ def write_outputs(
     """Write ``metrics.json`` (plus ``extra`` keys), ``cmc.csv`` (for ``dvc plots``), ``cmc.png`` and,
     when the result carries them, ``ranked_lists.png``. Returns ``{name: path}`` of what was written.
     """
+    from reid.atomic import atomic_target, write_text_atomic
     from reid.evaluation.plots import plot_cmc, ranked_list_figure
 
     out = Path(out_dir)
@@ -192,9 +194,9 @@ def write_outputs(
     paths: dict[str, Path] = {}
     metrics = {**result.to_dict(), **(extra or {})}
     paths["metrics"] = out / METRICS_FILE
-    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(paths["metrics"], json.dumps(metrics, indent=2) + "\n")  # a full disk: reid.errors.DiskFullError
     paths["cmc_csv"] = out / CMC_CSV
-    with paths["cmc_csv"].open("w", newline="") as fh:
+    with atomic_target(paths["cmc_csv"]) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["rank", "cmc"])
         writer.writerows((k + 1, f"{v:.6f}") for k, v in enumerate(result.cmc))
@@ -216,41 +218,3 @@ def metrics_for_logging(result: EvalResult, prefix: str = "") -> dict[str, float
     same_as_map = f"mAP_{result.ap_variant}"
     return {f"{prefix}{k}": float(v) for k, v in result.to_dict().items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != same_as_map}
-
-
-def log_to_mlflow(
-    result: EvalResult,
-    artifacts: Iterable[Path] = (),
-    run_id: str | None = None,
-    prefix: str = "",
-    step: int | None = None,
-    tracking_uri: str | None = None,
-    artifact_path: str = "evaluation",
-) -> bool:
-    """Log metrics (and artifact files) to the run ``run_id``, or to the active run if none is given.
-
-    Returns False, doing nothing, when there is neither. Uses ``MlflowClient`` with an explicit run id
-    so that it never starts, ends or switches the caller's active run.
-    """
-    import mlflow
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    if run_id is None:
-        active = mlflow.active_run()
-        if active is None:
-            return False
-        run_id = active.info.run_id
-    client = MlflowClient(tracking_uri=tracking_uri)
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, step or 0) for key, value in metrics_for_logging(result, prefix).items()]
-    try:
-        client.log_batch(run_id, metrics=metrics)
-        client.set_tag(run_id, f"{prefix}ap_variant", result.ap_variant)
-        client.set_tag(run_id, f"{prefix}rerank", str(bool(result.rerank)).lower())
-        for path in artifacts:
-            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
-    except MlflowException as exc:
-        raise TrackingError(f"could not log the evaluation to MLflow run {run_id}: {exc}") from exc
-    return True

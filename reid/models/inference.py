@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from reid.config import Config, ConfigError, validate
-from reid.engine.checkpoint import load_checkpoint
+from reid.checkpoint import load_checkpoint
 from reid.errors import CheckpointError
 from reid.models.backbones import infer_backbone_name
 from reid.models.reid_model import ReIDModel, build_model

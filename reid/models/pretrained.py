@@ -53,7 +53,7 @@ import torch
 from torch import Tensor, nn
 
 from reid.config import ModelConfig
-from reid.engine.checkpoint import FORMAT, load_state
+from reid.checkpoint import FORMAT, load_state
 from reid.errors import CheckpointError
 from reid.models.backbones import infer_backbone_name, is_ibn, plain_name
 from reid.models.reid_model import ReIDModel

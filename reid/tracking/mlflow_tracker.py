@@ -13,8 +13,8 @@ Why a wrapper instead of calling ``mlflow.*`` in the trainer:
   run or an unwritable store lose three hours of metrics at the end.
 * **Every run ends with a truthful status.** Used as a context manager, the run ends FINISHED on
   success, FAILED on an exception (with the error as the ``reid.error`` tag) and KILLED on Ctrl-C or
-  SIGTERM (:func:`sigterm_as_interrupt` turns SIGTERM into a :class:`Terminated` exception so the
-  same path runs). A SIGKILLed process cannot mark anything: its run stays RUNNING until
+  SIGTERM (:func:`reid.engine.signals.sigterm_as_interrupt` turns SIGTERM into a ``KeyboardInterrupt``
+  subclass so the same path runs). A SIGKILLed process cannot mark anything: its run stays RUNNING until
   ``reid train --resume`` reopens the same run id (set back to RUNNING) and ends it properly.
 * **Logging never kills training.** After the run has started, a failed metric or artifact upload
   is a warning (counted in :attr:`Tracker.failures`); losing a point of a curve is better than
@@ -38,20 +38,18 @@ Only rank 0 of a distributed run tracks (``rank != 0`` gives a disabled tracker)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Mapping
 
+from reid.atomic import write_error
 from reid.config import Config, TrackingConfig
 from reid.errors import TrackingError
 from reid.tracking.connection import bounded_http, is_server_uri
@@ -68,30 +66,6 @@ BATCH = 100  # params/tags per log_batch call (MLflow's limit)
 CHECK_TIMEOUT_S = 5.0
 RECONNECT_INTERVAL_S = 60.0  # how often an offline tracker asks whether its server is back
 PROBE_TIMEOUT_S = 2.0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so the run is marked KILLED and checkpoints stay intact.
-
-    A subclass of ``KeyboardInterrupt`` so that ``except Exception`` blocks do not swallow it.
-    """
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While active, SIGTERM raises :class:`Terminated` (only possible in the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(f"received signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def tracking_base() -> Path:
@@ -216,8 +190,13 @@ class Tracker:
             ...
     """
 
-    def __init__(self, tracking: TrackingConfig, *, rank: int = 0, base: Path | None = None) -> None:
+    def __init__(self, tracking: TrackingConfig, *, rank: int = 0, base: Path | None = None,
+                 strict: bool = False) -> None:
         self.tracking = tracking
+        # strict: a failed call raises TrackingError (``reid evaluate``, whose logging is its result);
+        # otherwise it is a warning, since tracking must never end a training run.
+        self.strict = strict
+        self.attached = False            # logging into an existing run this tracker did not open
         self.enabled = bool(tracking.enabled) and rank == 0
         base = Path(os.environ["DVC_ROOT"]) if os.environ.get("DVC_ROOT") else (base or Path.cwd())
         self.uri = resolve_store_uri(tracking.uri, base)
@@ -308,6 +287,21 @@ class Tracker:
             raise TrackingError(f"cannot open an MLflow run in {self.uri}: {exc}. "
                                 "Disable tracking with -o tracking.enabled=false") from exc
         return self
+
+    def attach(self, run_id: str) -> bool:
+        """Log into the existing run ``run_id`` without changing its status (``reid evaluate`` adds the
+        evaluation to the run that trained the model); False, doing nothing, when this store lacks it."""
+        if not self.enabled:
+            return False
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with bounded_http():
+                self._mlflow_client().get_run(run_id)
+        except MlflowException:
+            return False
+        self.run_id, self.attached = run_id, True
+        return True
 
     def _open(self, run_id: str | None, run_name: str | None, tags: Mapping[str, str] | None) -> None:
         from mlflow.exceptions import MlflowException
@@ -401,20 +395,23 @@ class Tracker:
             path = Path(path).resolve()
             self._record("artifact", path=str(path), artifact_path=artifact_path,
                          sha256=file_sha256(path) if path.is_file() else None)
-        self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path))
+        # A local artifact store on a full disk: the warning says so, with the folder and the free space.
+        store = None if is_server_uri(self.uri) or "://" in str(self.artifact_root) else self.artifact_root
+        self._guard(f"artifact {path}", lambda: self._client.log_artifact(self.run_id, str(path), artifact_path),
+                    target=store)
 
-    def log_dataset(self, manifest: Any, context: str) -> None:
+    def log_dataset(self, manifest: Any, context: str, name: str | None = None) -> None:
         """Record ``manifest`` as a dataset input of the run (:mod:`reid.tracking.datasets`); warns on failure."""
         if not self._active():
             return
         from reid.tracking.datasets import log_dataset
 
-        self._guard("dataset input", lambda: log_dataset(self._client, self.run_id, manifest, context))
+        self._guard("dataset input", lambda: log_dataset(self._client, self.run_id, manifest, context, name=name))
 
     # -- closing ---------------------------------------------------------------------------------
     def end(self, status: str = "FINISHED") -> None:
-        """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning)."""
-        if not self._active():
+        """Mark the run FINISHED / FAILED / KILLED (a failure to do so is a warning); an attached run keeps its status."""
+        if not self._active() or self.attached:
             return
         now = int(time.time() * 1000)
         self._record("end", status=status, time=now)
@@ -471,11 +468,13 @@ class Tracker:
         try:
             self.record.write(event, self.run_id, **fields)
         except OSError as exc:
-            warnings.warn(f"cannot write the MLflow record {self.record.path} ({exc}); what the server misses "
+            clear = write_error(self.record.path, exc)  # a full disk: the path, the free space
+            warnings.warn(f"cannot write the MLflow record {self.record.path} ({clear or exc}); what the server misses "
                           "from now on cannot be replayed", stacklevel=3)
             self.record = None
 
-    def _guard(self, what: str, action: Any, strict: bool = False) -> None:
+    def _guard(self, what: str, action: Any, strict: bool = False, target: Path | None = None) -> None:
+        strict = strict or self.strict
         if self.offline and not strict:
             self.unsent += 1
             self._reconnect()  # when the server is back, the record (which holds this call) is sent
@@ -491,7 +490,8 @@ class Tracker:
             if self.record is not None and is_server_uri(self.uri) and not _answers(self.uri):
                 self._go_offline(what, exc)
                 return
-            warnings.warn(f"MLflow: could not log {what} to run {self.run_id}: {exc}", stacklevel=3)
+            clear = write_error(target, exc) if target is not None else None
+            warnings.warn(f"MLflow: could not log {what} to run {self.run_id}: {clear or exc}", stacklevel=3)
 
     def _go_offline(self, what: str, exc: BaseException) -> None:
         self.offline = True

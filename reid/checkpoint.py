@@ -38,8 +38,10 @@ def save_checkpoint(payload: dict[str, Any], path: Path | str) -> Path:
     """Atomically write ``payload`` to ``path`` (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     payload = {"format": FORMAT, **payload}
-    with atomic_target(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_target(path) as tmp, open(tmp, "wb") as handle:
+        # A Python file handle, closed on failure: a full disk then frees the partial file's blocks at
+        # once, and atomic_target reports it as reid.errors.DiskFullError naming the path.
+        torch.save(payload, handle)
     return path
 
 
