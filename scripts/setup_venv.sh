@@ -38,7 +38,7 @@ installed_here() {
   "$PY" - "$REPO" "$EXTRAS" <<'PY' 2>/dev/null
 import importlib.util, pathlib, sys
 # find_spec locates a package without importing it (mlflow and dvc take seconds to import).
-names = ["reid", "dvc", "mlflow", "typer", "pydantic", "pytest", "scipy"]
+names = ["reid", "dvc", "mlflow", "typer", "pydantic", "pytest", "scipy", "psycopg2"]
 names += ["boxmot", "motmetrics"] if "trackers" in sys.argv[2].split(",") else []
 specs = [importlib.util.find_spec(m) for m in names]
 if any(s is None for s in specs):

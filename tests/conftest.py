@@ -87,3 +87,36 @@ def refused_downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(torch.hub, "urlopen", refuse)
     return calls
+
+
+@pytest.fixture()
+def postgres():
+    """A real throwaway PostgreSQL cluster on 127.0.0.1 (tests/services.py), stopped at the end; the test
+    is skipped, saying what is missing, where PostgreSQL or its Python driver is not installed."""
+    from services import PostgresCluster, postgres_missing
+
+    missing = postgres_missing()
+    if missing:
+        pytest.skip(missing)
+    cluster = PostgresCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture()
+def slurm():
+    """A real SLURM cluster on this machine (munged, slurmctld, two slurmd as nodes n1 and n2;
+    tests/services.py), stopped by pid at the end; skipped, saying what is missing, where SLURM or munge
+    is not installed or the tests are not root."""
+    from services import SlurmCluster, slurm_missing
+
+    missing = slurm_missing()
+    if missing:
+        pytest.skip(missing)
+    cluster = SlurmCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

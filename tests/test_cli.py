@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from reid.cli import app
 
-COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search", "log-run")
+COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search", "log-run",
+            "sweep")
 runner = CliRunner()
 
 

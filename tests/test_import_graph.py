@@ -147,7 +147,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tracking", ("reid.tracking",)),
     ("engine", ("reid.engine",)),
     ("deployment", ("reid.deploy",)),
-    ("experiments", ("reid.seed_spread", "reid.targets", "reid.compare")),
+    ("experiments", ("reid.seed_spread", "reid.targets", "reid.compare", "reid.sweep")),
     ("interface", ("reid.commands", "reid.cli", "reid")),
 )
 

@@ -1,8 +1,10 @@
 """Several machines, one record: runs logged through a real `mlflow server`, and a server lost mid-run.
 
 Every server here is a real ``mlflow server`` process started by the test on 127.0.0.1 (a free port,
-its own sqlite backend and artifact folder, ``--serve-artifacts``, one worker, no job runner) and
-stopped by the fixture's finaliser, also when the test fails. The record/replay tests at the end use
+its own backend and artifact folder, ``--serve-artifacts``, one worker, no job runner) and stopped by
+the fixture's finaliser, also when the test fails. The backend is sqlite (one person), or a database
+of a real throwaway PostgreSQL cluster (a team: many writers at once; tests/services.py starts it and
+the test skips, saying why, where PostgreSQL is not installed). The record/replay tests at the end use
 two sqlite stores and no server.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,17 +29,12 @@ from reid.evaluation.naming import EPOCH_EVAL_PREFIX, metric_key
 from reid.tracking.mlflow_tracker import Tracker
 from reid.tracking.record import RECORD_FILE, read_record
 from reid.tracking.replay import REPLAYED_FROM, replay_record
+from services import free_port
 
 VENV_BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT_S = 90
 # A metric per training step, and one per evaluation during training (the eval_epoch/* curve).
 STEP_LOSS, EPOCH_MAP = "train_step/loss", metric_key("mAP", EPOCH_EVAL_PREFIX)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -48,6 +44,7 @@ class MlflowServer:
     root: Path
     port: int
     proc: subprocess.Popen
+    backend: str
 
     @property
     def uri(self) -> str:
@@ -80,18 +77,20 @@ class MlflowServer:
             pass
 
 
-def start_server(root: Path, port: int | None = None) -> MlflowServer:
+def start_server(root: Path, port: int | None = None, backend: str | None = None) -> MlflowServer:
+    """A server on ``backend`` (a database URI; default a sqlite file in ``root``), artifacts in ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    backend = backend or f"sqlite:///{root / 'mlflow.db'}"
     log = open(root / f"server-{port}.log", "ab")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--backend-store-uri", backend, "--artifacts-destination", str(root / "artifacts"),
          "--serve-artifacts", "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     log.close()
-    server = MlflowServer(root, port, proc)
+    server = MlflowServer(root, port, proc, backend)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if not server.alive():
@@ -108,11 +107,11 @@ def start_server(root: Path, port: int | None = None) -> MlflowServer:
 
 @pytest.fixture()
 def mlflow_servers() -> Iterator[Callable[..., MlflowServer]]:
-    """``start(root, port=None)`` starts a server; every one started is stopped at the end."""
+    """``start(root, port=None, backend=None)`` starts a server; every one started is stopped at the end."""
     started: list[MlflowServer] = []
 
-    def start(root: Path, port: int | None = None) -> MlflowServer:
-        server = start_server(root, port)
+    def start(root: Path, port: int | None = None, backend: str | None = None) -> MlflowServer:
+        server = start_server(root, port, backend)
         started.append(server)
         return server
 
@@ -268,20 +267,69 @@ def test_two_trainings_at_once_both_log_completely(
         assert not report.sent_anything, report.summary()
 
 
+@pytest.mark.slow
+def test_eight_trainings_at_once_through_a_postgresql_backed_server_log_completely(
+        tmp_path: Path, postgres, mlflow_servers, tiny_config, synthetic_manifest) -> None:
+    """A team's sweep: eight processes start together against one server on PostgreSQL (the backend for
+    many writers) with no experiment yet; each run holds every metric point of its record exactly once,
+    every artifact (stored in the server's folder), and the status FINISHED."""
+    server = mlflow_servers(tmp_path / "server", backend=postgres.database("team"))
+    work = write_project(tmp_path / "client", tiny_config, synthetic_manifest, server.uri, "sweep")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    names = [f"r{i}" for i in range(8)]
+    procs = {name: subprocess.Popen([str(VENV_BIN / "reid"), "train", "--params", "params.yaml", "--run-name", name,
+                                     "-o", f"train.output_dir=run_{name}", "-o", f"train.seed={seed}",
+                                     "-o", "train.epochs=1", "-o", "train.eval_every=1"],
+                                    cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for seed, name in enumerate(names)}
+    try:
+        outputs = {name: proc.communicate(timeout=600)[0] for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name]
+
+    client = client_of(server)
+    experiment = client.get_experiment_by_name("sweep")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id], max_results=100)}
+    assert sorted(runs) == names
+    for name, run in runs.items():
+        assert run.data.params["train.output_dir"] == f"run_{name}"
+        assert steps(client, run.info.run_id, STEP_LOSS) == [1, 2]
+        assert steps(client, run.info.run_id, EPOCH_MAP) == [1]
+        assert_server_holds_the_record(client, run.info.run_id, work / f"run_{name}")
+        stored = artifact_names(client, run.info.run_id)
+        assert {"config.yaml", "metrics.json"} <= stored, (name, stored)
+        (report,) = replay_record(work / f"run_{name}")
+        assert not report.sent_anything, report.summary()
+    assert len([p for p in server.artifacts.rglob("config.yaml")]) == len(names)
+
+
 # --- the server goes away ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """The server's database: None (a sqlite file beside its artifacts) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").database("mlflow")
 
 
 @pytest.mark.slow
 def test_server_killed_mid_run_training_goes_on_and_log_run_sends_the_rest(
-        tmp_path: Path, mlflow_servers, tiny_config, synthetic_manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, mlflow_servers, backend, tiny_config, synthetic_manifest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The server is SIGKILLed at global step 2 of 6: the training finishes with all its checkpoints in
     seconds (MLflow's own retries would stall each call for minutes), and `reid log-run` sends what the
-    restarted server missed, exactly once."""
+    restarted server missed, exactly once. The database (sqlite file or PostgreSQL) outlives the server."""
     from reid.config import validate
     from reid.checkpoint import read_entry
     from reid.engine.trainer import train
 
-    server = mlflow_servers(tmp_path / "server")
+    server = mlflow_servers(tmp_path / "server", backend=backend)
     tree = tiny_config.model_dump(mode="json")
     tree["tracking"] = {"enabled": True, "uri": server.uri, "experiment": "dies",
                         "artifact_root": str(tmp_path / "client-artifacts")}
@@ -308,7 +356,7 @@ def test_server_killed_mid_run_training_goes_on_and_log_run_sends_the_rest(
     assert not (tmp_path / "client-artifacts").exists()
 
     # The server comes back on the same database, port and artifact folder: it has what it got before.
-    server = mlflow_servers(server.root, port=server.port)
+    server = mlflow_servers(server.root, port=server.port, backend=backend)
     client = client_of(server)
     run_id = result.mlflow_run_id
     run = client.get_run(run_id)
