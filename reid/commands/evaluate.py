@@ -300,10 +300,22 @@ def command(
 
         typer.echo(f"evaluating {checkpoint} ({config.model.backbone}) on {len(split.query)} query / "
                    f"{len(split.gallery)} gallery images, device {device}")
-        result = evaluate_model(model, split, config, device)
+        # Same-identity thresholds (TAR@FAR) from the evaluation's own features: reid.evaluation.threshold.
+        from reid.evaluation.threshold import THRESHOLD_FILE, ThresholdCollector, model_identity
+
+        thresholds = ThresholdCollector(config.eval, getattr(split, "has_cameras", True), measured_on=dataset_name,
+                                        model=model_identity(model, config.model.backbone))
+        result = evaluate_model(model, split, config, device, on_features=thresholds)
         extra = {"flip": bool(config.eval.flip), "checkpoint": str(checkpoint), "model": name, "target": target_name,
                  **dataset, "trained_on_hash": str(trained_on or "")}
+        if thresholds.result is not None:
+            extra["threshold"] = thresholds.result.metrics_json()
         paths = write_outputs(result, out_dir, extra=extra, title=name if target_name is None else f"{name} on {target_name}")
+        if thresholds.result is not None:
+            paths["threshold"] = thresholds.result.save(Path(out_dir) / THRESHOLD_FILE)
+            typer.echo(thresholds.result.summary())
+        elif thresholds.error:
+            typer.secho(f"note: no same-identity threshold: {thresholds.error}", fg=typer.colors.YELLOW, err=True)
         typer.echo(result.summary())
         if result.skipped_report():
             typer.secho(result.skipped_report(), fg=typer.colors.YELLOW, err=True)
@@ -317,5 +329,10 @@ def command(
                 run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result,
                                                               list(paths.values()), base=base, names=names,
                                                               dataset=dataset, manifest=split)
+            if thresholds.result is not None and run_id is not None:
+                from reid.evaluation.threshold import log_to_mlflow as log_thresholds
+                from reid.tracking import Tracker
+
+                log_thresholds(thresholds.result, run_id, names.metric_prefix, Tracker(config.tracking, base=base).uri)
             where = "the run that trained it" if is_training_run else "a run of its own"
             typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

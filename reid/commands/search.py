@@ -27,6 +27,9 @@ def command(
     model: Annotated[Optional[Path], typer.Option("--model", "-m", help="Model to embed the queries (default: the one that extracted the gallery).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per query.")] = 10,
     threshold: Annotated[Optional[float], typer.Option("--threshold", help="Distance at or below which a result is called the same identity.")] = None,
+    threshold_file: Annotated[Optional[Path], typer.Option("--threshold-file", help="threshold.json of `reid evaluate`: the "
+                                                           "distance at --far measured on held-out identities (instead of --threshold).")] = None,
+    far: Annotated[float, typer.Option("--far", help="With --threshold-file: the false-match rate whose threshold is used.")] = 1e-3,
     output: Annotated[Path, typer.Option("--output", help="Ranked-list picture (PNG).")] = Path("search.png"),
     results: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Gallery rows ranked at once (bounds memory).")] = 65536,
@@ -65,6 +68,10 @@ def command(
             raise ReidError(f"the model that extracted {source} ({model_path}) is not here; give it with --model")
         embedder = load_model(model_path, device=device, flip=meta.get("flip_used") == "true")
         check_same_model(meta, embedder.metadata, source, model_path)
+        if threshold_file is not None:
+            if threshold is not None:
+                raise ReidError("give --threshold or --threshold-file, not both")
+            threshold = _threshold_for(threshold_file, far, embedder.metadata, ff.distance)
         paths = collect_images(queries, glob)
         qf = embedder.embed(paths, normalize=ff.normalized)
         if index is not None:
@@ -99,3 +106,20 @@ def command(
             write_text_atomic(results, json.dumps({"gallery": str(source), "distance": ff.distance, "queries": rows},
                                                   indent=2) + "\n")
             typer.echo(f"results: {results}")
+
+
+def _threshold_for(path: Path, far: float, model_meta: dict[str, str], distance: str) -> float:
+    """The distance at ``far`` of a ``threshold.json``, refused when it was measured on another model or distance."""
+    from reid.errors import ReidError
+    from reid.evaluation.threshold import load_thresholds
+
+    found = load_thresholds(path)
+    measured = found.model.get("weights_hash")
+    if measured and measured != model_meta.get("weights_hash"):
+        raise ReidError(f"{path} was measured on another model (weights_hash {measured}, this model "
+                        f"{model_meta.get('weights_hash')}); evaluate this model to get its threshold")
+    if found.distance != distance and not (found.normalize and distance == "cosine"):
+        raise ReidError(f"{path} is a threshold on the {found.distance} distance; this gallery is ranked by {distance}")
+    point = found.at(far)
+    typer.echo(f"threshold {point.threshold:.4f} at FAR {far:g} (TAR {100 * point.tar:.1f}% on {found.measured_on or 'held-out identities'})")
+    return point.threshold
