@@ -14,8 +14,8 @@ code ``reid index build`` runs) and measured against ``flat`` (exact) on ``--que
 * recall@1 (the exact top-1 is the approximate top-1) and recall@10 (share of the exact top-10 found in
   the approximate top-10), for each search setting (HNSW ``efSearch``, IVF ``nprobe``);
 * build seconds (training + adding), memory (bytes of the serialised index: the vectors, codes and
-  graph it holds in RAM), query latency one query at a time (p50/p99 ms over the queries) and batched
-  (all queries in one call, ms per query).
+  graph it holds in RAM), query latency one query at a time (p50/p99 ms over the first
+  ``--latency-queries``) and batched (all queries in one call, ms per query).
 
 Results go to ``benchmarks/results/index_cpu_<date>.json``, written after every index.
 
@@ -62,9 +62,10 @@ def recall(found: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
     return r1, r10
 
 
-def latency(gallery: Any, queries: np.ndarray, k: int) -> dict[str, float]:
+def latency(gallery: Any, queries: np.ndarray, k: int, single: int) -> tuple[dict[str, float], np.ndarray]:
+    """One query at a time over the first ``single`` queries (p50/p99), then all of them in one call."""
     times = []
-    for i in range(len(queries)):
+    for i in range(min(single, len(queries))):
         start = time.perf_counter()
         gallery.search(queries[i:i + 1], k)
         times.append(time.perf_counter() - start)
@@ -83,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--kinds", nargs="+", default=["flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq"])
     parser.add_argument("--queries", type=int, default=500, help="real queries, evenly spread over the query file")
+    parser.add_argument("--latency-queries", type=int, default=200, help="queries timed one at a time (p50/p99)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], help="kind@size pairs not to build (e.g. hnsw@1000000)")
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for value in values:
                 if key is not None:
                     index.set_search(**{key: value})
-                timing, found = latency(index, queries, 10)
+                timing, found = latency(index, queries, 10, args.latency_queries)
                 entry = {**({key: value} if key else {}), **timing}
                 if kind == "flat":
                     exact_top = found

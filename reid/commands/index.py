@@ -25,7 +25,7 @@ def build(
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", min=4, help="hnsw: links per vector.")] = 32,
     ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="hnsw: candidates while building.")] = 80,
     ef_search: Annotated[int, typer.Option("--ef-search", min=1, help="hnsw: candidates per query (recall vs speed).")] = 128,
-    nlist: Annotated[Optional[int], typer.Option("--nlist", min=1, help="ivf*: k-means cells (default about 4 sqrt(N)).")] = None,
+    nlist: Annotated[Optional[int], typer.Option("--nlist", min=1, help="ivf*: k-means cells (default about 2 sqrt(N)).")] = None,
     nprobe: Annotated[int, typer.Option("--nprobe", min=1, help="ivf*: cells scanned per query (recall vs speed).")] = 64,
     pq_m: Annotated[int, typer.Option("--pq-m", min=1, help="ivf-pq: bytes per vector (must divide the dimension).")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the k-means training sample.")] = 0,

@@ -46,7 +46,8 @@ INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq")
 #: ``auto`` builds an exact index below this many vectors (see the module docstring).
 AUTO_EXACT_LIMIT = 200_000
 KEYS = ("faiss", "paths", "pids", "camids", "metadata")
-TRAIN_SAMPLE_PER_CELL = 64  # k-means sample: FAISS warns below 39 points per centroid
+TRAIN_SAMPLE_PER_CELL = 40  # k-means sample: FAISS warns below 39 points per centroid
+KMEANS_ITERATIONS = 10  # FAISS's default 25 costs 2.5x the build for no recall measured here
 DEPLOY_HINT = "pip install 'reid-toolkit[deploy]' (or pip install faiss-cpu)"
 
 
@@ -76,7 +77,7 @@ class IndexSettings:
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 128
-    nlist: int | None = None  # default: about 4 * sqrt(N), at most N / 39
+    nlist: int | None = None  # default: about 2 * sqrt(N), at most N / 39
     nprobe: int = 64
     pq_m: int = 64
     seed: int = 0
@@ -87,7 +88,7 @@ class IndexSettings:
         kind = self.kind if self.kind != "auto" else ("flat" if n < AUTO_EXACT_LIMIT else "ivf")
         nlist = self.nlist
         if kind.startswith("ivf"):
-            nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+            nlist = nlist or max(1, min(int(2 * math.sqrt(n)), n // 39))
             if nlist > n:
                 raise IndexFileError(f"--nlist {nlist} is more than the {n} vectors to train on; lower it")
             if kind == "ivf-pq" and dim % self.pq_m:
@@ -241,7 +242,8 @@ def build_index(features: np.ndarray, paths: Sequence[str], pids: Sequence[int],
     if not index.is_trained:
         sample = min(n, max(int(chosen.nlist or 1) * TRAIN_SAMPLE_PER_CELL, 256 * 64 if chosen.kind == "ivf-pq" else 0))
         rows = np.sort(np.random.default_rng(chosen.seed).choice(n, size=sample, replace=False))
-        faiss.extract_index_ivf(index).cp.seed = int(chosen.seed)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed, ivf.cp.niter = int(chosen.seed), KMEANS_ITERATIONS
         index.train(features[rows])
     index.add(features)
     meta = {"format": INDEX_FORMAT, "contract": dict(model_meta), "contract_hash": contract_hash(model_meta),
