@@ -88,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], help="kind@size pairs not to build (e.g. hnsw@1000000)")
+    parser.add_argument("--ef-search", type=int, nargs="+", default=None, help="hnsw search settings (default 64 128 256)")
+    parser.add_argument("--nprobe", type=int, nargs="+", default=None, help="ivf* search settings (default per kind)")
     parser.add_argument("--note", default="")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -123,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "build_s": round(built, 1),
                                    "memory_mib": round(len(faiss.serialize_index(index.index)) / 2**20, 1), "search": []}
             key, values = SEARCH_SETTINGS.get(kind, (None, (None,)))
+            if key == "ef_search" and args.ef_search:
+                values = tuple(args.ef_search)
+            elif key == "nprobe" and args.nprobe:
+                values = tuple(args.nprobe)
             for value in values:
                 if key is not None:
                     index.set_search(**{key: value})

@@ -67,14 +67,15 @@ def test_approximate_indexes_find_the_exact_neighbours(kind: str, recall: float)
     assert found >= recall, f"{kind} recall@10 {found:.3f}"
 
 
-def test_auto_is_exact_for_small_galleries_and_ivf_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_is_exact_for_small_galleries_and_hnsw_past_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     import reid.deploy.index as index_module
 
     g, pids = _clustered(2000)
     assert _build(g, pids).settings["kind"] == "flat"
     monkeypatch.setattr(index_module, "AUTO_EXACT_LIMIT", 1000)
-    chosen = _build(g, pids).settings
-    assert chosen["kind"] == "ivf" and 1 <= chosen["nlist"] <= 2000 // 39
+    assert _build(g, pids).settings["kind"] == "hnsw"
+    chosen = _build(g, pids, kind="ivf").settings
+    assert 1 <= chosen["nlist"] <= 2000 // 39
 
 
 def test_save_load_add_round_trip(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ app = typer.Typer(help="Build and grow a FAISS gallery index (exact or approxima
 def build(
     features: Annotated[Path, typer.Argument(help="Feature file written by `reid extract` (.npz).")],
     output: Annotated[Path, typer.Option("--output", help="Index file to write (e.g. gallery.index).")],
-    kind: Annotated[str, typer.Option("--kind", help="auto (exact below 200k vectors, else ivf), flat (exact), hnsw, ivf, "
+    kind: Annotated[str, typer.Option("--kind", help="auto (exact below 50k vectors, else hnsw), flat (exact), hnsw, ivf, "
                                                        "ivf-sq8 or ivf-pq (compressed codes for very large galleries).")] = "auto",
     hnsw_m: Annotated[int, typer.Option("--hnsw-m", min=4, help="hnsw: links per vector.")] = 32,
     ef_construction: Annotated[int, typer.Option("--ef-construction", min=8, help="hnsw: candidates while building.")] = 80,
@@ -68,7 +68,7 @@ def add(
         typer.echo(f"added {gallery.size - before} vectors: {gallery.describe()}")
         if gallery.settings["kind"] == "flat" and gallery.size >= AUTO_EXACT_LIMIT:
             typer.secho(f"note: the exact index now holds {gallery.size} vectors; past {AUTO_EXACT_LIMIT} an approximate "
-                        "one answers faster (reid index build --kind ivf)", fg=typer.colors.YELLOW, err=True)
+                        "one answers faster (reid index build --kind hnsw)", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("info")
