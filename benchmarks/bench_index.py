@@ -13,6 +13,8 @@ code ``reid index build`` runs) and measured against ``flat`` (exact) on ``--que
 
 * recall@1 (the exact top-1 is the approximate top-1) and recall@10 (share of the exact top-10 found in
   the approximate top-10), for each search setting (HNSW ``efSearch``, IVF ``nprobe``);
+* for IVF indexes, FAISS's imbalance factor of the cells (1 when all are equal; a probe of unequal
+  cells scans more than ``N * nprobe / nlist`` vectors);
 * build seconds (training + adding), memory (bytes of the serialised index: the vectors, codes and
   graph it holds in RAM), query latency one query at a time (p50/p99 ms over the first
   ``--latency-queries``) and batched (all queries in one call, ms per query).
@@ -124,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             row: dict[str, Any] = {"size": int(size), "kind": kind, "settings": index.settings,
                                    "build_s": round(built, 1),
                                    "memory_mib": round(len(faiss.serialize_index(index.index)) / 2**20, 1), "search": []}
+            if kind.startswith("ivf"):  # uneven k-means cells make a probe scan far more than N * nprobe / nlist vectors
+                row["ivf_imbalance_factor"] = round(float(faiss.extract_index_ivf(index.index).invlists.imbalance_factor()), 2)
             key, values = SEARCH_SETTINGS.get(kind, (None, (None,)))
             if key == "ef_search" and args.ef_search:
                 values = tuple(args.ef_search)

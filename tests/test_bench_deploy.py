@@ -46,6 +46,7 @@ def test_bench_index_measures_recall_against_exact(tmp_path: Path) -> None:
         assert 0.5 < best <= 1.0 and rows[key]["build_s"] >= 0 and rows[key]["memory_mib"] > 0
         assert all(s["p99_ms"] >= s["p50_ms"] > 0 for s in rows[key]["search"])
     assert report["machine"]["faiss"] and report["real_gallery"] == 600
+    assert rows[(3000, "ivf")]["ivf_imbalance_factor"] >= 1.0
 
 
 def test_bench_int8_speed_writes_json(tmp_path: Path) -> None:
