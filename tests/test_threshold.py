@@ -158,9 +158,18 @@ def test_evaluate_writes_and_logs_the_threshold_and_search_uses_it(tmp_path: Pat
                                    "--far", "0.01", "--json", str(js), "--output", str(tmp_path / "s.png"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     t = found.at(1e-2).threshold
-    assert f"threshold {t:.4f} at FAR 0.01" in res.output
+    assert f"threshold {t:.4f} (cosine distance) at FAR 0.01" in res.output
     for hit in json.loads(js.read_text())["queries"][0]["results"]:
         assert hit["same"] == (hit["distance"] <= t)
+    # A threshold on the squared Euclidean distance of unit vectors is the same cut at twice the value.
+    euclid = json.loads((out / "threshold.json").read_text())
+    euclid["distance"] = "euclidean"
+    for point in euclid["points"]:
+        point["threshold"] *= 2
+    (tmp_path / "euclid.json").write_text(json.dumps(euclid))
+    res = CliRunner().invoke(app, ["search", query, "--gallery", str(gal), "--threshold-file", str(tmp_path / "euclid.json"),
+                                   "--far", "0.01", "--output", str(tmp_path / "s.png"), "--device", "cpu"])
+    assert res.exit_code == 0 and f"threshold {t:.4f} (cosine distance)" in res.output
     forged = json.loads((out / "threshold.json").read_text())
     forged["model"]["weights_hash"] = "0" * 16
     (tmp_path / "other.json").write_text(json.dumps(forged))

@@ -118,8 +118,12 @@ def _threshold_for(path: Path, far: float, model_meta: dict[str, str], distance:
     if measured and measured != model_meta.get("weights_hash"):
         raise ReidError(f"{path} was measured on another model (weights_hash {measured}, this model "
                         f"{model_meta.get('weights_hash')}); evaluate this model to get its threshold")
-    if found.distance != distance and not (found.normalize and distance == "cosine"):
-        raise ReidError(f"{path} is a threshold on the {found.distance} distance; this gallery is ranked by {distance}")
     point = found.at(far)
-    typer.echo(f"threshold {point.threshold:.4f} at FAR {far:g} (TAR {100 * point.tar:.1f}% on {found.measured_on or 'held-out identities'})")
-    return point.threshold
+    value = point.threshold
+    if found.distance == "euclidean" and found.normalize and distance == "cosine":
+        value = point.threshold / 2.0  # on unit vectors |q - g|^2 = 2 (1 - q.g): the same cut on the cosine scale
+    elif found.distance != distance:
+        raise ReidError(f"{path} is a threshold on the {found.distance} distance; this gallery is ranked by {distance}")
+    typer.echo(f"threshold {value:.4f} ({distance} distance) at FAR {far:g} (TAR {100 * point.tar:.1f}% on "
+               f"{found.measured_on or 'held-out identities'})")
+    return value
