@@ -9,7 +9,7 @@ from reid.version import __version__
 if TYPE_CHECKING:
     from reid.deploy.embedder import Embedder
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "same_identity"]
 
 
 def load_model(path: Any, device: Any = "auto", flip: bool | None = None) -> "Embedder":
@@ -21,3 +21,11 @@ def load_model(path: Any, device: Any = "auto", flip: bool | None = None) -> "Em
     from reid.deploy.embedder import load_model as _load_model
 
     return _load_model(path, device=device, flip=flip)
+
+
+def same_identity(a: Any, b: Any, threshold: Any, far: float = 1e-3) -> Any:
+    """Whether embeddings ``a`` and ``b`` show the same identity at ``threshold`` (a distance, or the
+    ``threshold.json`` of ``reid evaluate`` read at ``far``). See :func:`reid.evaluation.threshold.same_identity`."""
+    from reid.evaluation.threshold import same_identity as _same_identity
+
+    return _same_identity(a, b, threshold, far=far)

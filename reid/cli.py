@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from reid.commands import compare, evaluate, export, extract, log_run, prepare, search, sweep, synth, train, ui, weights
+from reid.commands import (compare, evaluate, export, extract, index, log_run, prepare, search, sweep, synth, train, ui,
+                           weights)
 
 app = typer.Typer(
     name="reid",
@@ -29,6 +30,7 @@ app.command("search")(search.command)
 app.command("log-run")(log_run.command)
 app.add_typer(weights.app, name="weights")
 app.add_typer(sweep.app, name="sweep")
+app.add_typer(index.app, name="index")
 
 
 if __name__ == "__main__":  # pragma: no cover

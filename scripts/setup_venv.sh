@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Make .venv ready to run the project: create it if missing, install torch when it is not importable,
-# and install this checkout (editable, with the test and trackers extras) when reid/dvc/mlflow/pytest/
-# boxmot are missing or the installed `reid` comes from another checkout. Quick (about 2 s) when everything is in place, so
+# and install this checkout (editable, with the test, trackers and deploy extras) when reid/dvc/mlflow/pytest/
+# boxmot/faiss are missing or the installed `reid` comes from another checkout. Quick (about 2 s) when everything is in place, so
 # the quickstart and the test script can call it every time.
 #
 #   bash scripts/setup_venv.sh           # only what is missing
 #   bash scripts/setup_venv.sh --force   # always reinstall the project (CI, after pyproject changes)
 #
 # Environment: PYTHON (interpreter for a new venv, default python3), REID_VENV (default .venv),
-# REID_EXTRAS (default test,trackers; the trackers extra, BoxMOT + motmetrics, adds about 20 s and 380 MB).
+# REID_EXTRAS (default test,trackers,deploy; the trackers extra, BoxMOT + motmetrics, adds about 20 s and 380 MB;
+# deploy adds faiss-cpu, about 30 MB).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${REID_VENV:-$REPO/.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${REID_EXTRAS:-test,trackers}"
+EXTRAS="${REID_EXTRAS:-test,trackers,deploy}"
 # The torch/torchvision pair known to install and import here (see docs); any importable torch is kept.
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 
@@ -40,6 +41,7 @@ import importlib.util, pathlib, sys
 # find_spec locates a package without importing it (mlflow and dvc take seconds to import).
 names = ["reid", "dvc", "mlflow", "typer", "pydantic", "pytest", "scipy", "psycopg2"]
 names += ["boxmot", "motmetrics"] if "trackers" in sys.argv[2].split(",") else []
+names += ["faiss", "onnxruntime"] if "deploy" in sys.argv[2].split(",") else []
 specs = [importlib.util.find_spec(m) for m in names]
 if any(s is None for s in specs):
     sys.exit(1)

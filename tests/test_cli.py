@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from reid.cli import app
 
-COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search", "log-run",
+COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search", "index", "log-run",
             "sweep")
 runner = CliRunner()
 

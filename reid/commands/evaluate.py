@@ -111,7 +111,7 @@ def checkpoint_run_id(checkpoint: Path) -> str | None:
 def log_evaluation_run(
     config: "Config", name: str, trained_by: str | None, checkpoint: Path, result: Any, artifacts: list[Path],
     base: Path | None = None, names: "EvaluationNames | None" = None, dataset: dict[str, str] | None = None,
-    manifest: Any = None,
+    manifest: Any = None, extra_metrics: dict[str, float] | None = None,
 ) -> tuple[str | None, bool]:
     """Record the evaluation in MLflow; returns ``(run id, whether it is the training run)``.
 
@@ -142,7 +142,7 @@ def log_evaluation_run(
              f"{names.metric_prefix}checkpoint": str(checkpoint.resolve()),
              **{f"{names.metric_prefix}{key}": value for key, value in (dataset or {}).items()}}
     if trained_by and tracker.attach(trained_by):
-        _log_evaluation(tracker, result, artifacts, names, flags, manifest)
+        _log_evaluation(tracker, result, artifacts, names, flags, manifest, extra_metrics)
         return trained_by, True
     tags = {"reid.command": "evaluate", "variant": name, "reid.checkpoint": str(checkpoint.resolve()), **flags}
     if trained_by:
@@ -150,18 +150,19 @@ def log_evaluation_run(
     run_name = f"evaluate-{name}" + (f"-{names.target}" if names.target else "") + ("-rerank" if names.rerank else "")
     with tracker.start(run_name=run_name, tags=tags):
         tracker.log_params({k: v for k, v in config.flat().items() if k.startswith(("eval.", "model."))})
-        _log_evaluation(tracker, result, artifacts, names, flags, manifest)
+        _log_evaluation(tracker, result, artifacts, names, flags, manifest, extra_metrics)
     return tracker.run_id, False
 
 
 def _log_evaluation(tracker: "Tracker", result: "EvalResult", artifacts: list[Path], names: "EvaluationNames",
-                    flags: dict[str, str], manifest: "Manifest | None") -> None:
-    """Metrics under the names' prefix (step 0), protocol tags, the output files, and a cross-domain
-    target's manifest as an ``eval`` dataset input (nothing for the model's own data)."""
+                    flags: dict[str, str], manifest: "Manifest | None", extra_metrics: dict[str, float] | None) -> None:
+    """Metrics under the names' prefix (step 0; with the same-identity thresholds when there are some),
+    protocol tags, the output files, and a cross-domain target's manifest as an ``eval`` dataset input
+    (nothing for the model's own data)."""
     from reid.evaluation.runner import metrics_for_logging
 
     prefix = names.metric_prefix
-    tracker.log_metrics(metrics_for_logging(result, prefix), step=0)
+    tracker.log_metrics({**metrics_for_logging(result, prefix), **(extra_metrics or {})}, step=0)
     tracker.set_tags({f"{prefix}ap_variant": result.ap_variant, f"{prefix}rerank": str(bool(result.rerank)).lower(),
                       **flags})
     for path in artifacts:
@@ -300,10 +301,23 @@ def command(
         split = copies.split
         typer.echo(f"evaluating {checkpoint} ({config.model.backbone}) on {len(split.query)} query / "
                    f"{len(split.gallery)} gallery images, device {device}")
-        result = evaluate_model(model, split, config, device)
+        # Same-identity thresholds (TAR@FAR) from the evaluation's own features: reid.evaluation.threshold.
+        from reid.deploy.module import model_identity
+        from reid.evaluation.threshold import THRESHOLD_FILE, ThresholdCollector
+
+        thresholds = ThresholdCollector(config.eval, getattr(split, "has_cameras", True), measured_on=dataset_name,
+                                        model=model_identity(model, config.model.backbone))
+        result = evaluate_model(model, split, config, device, on_features=thresholds)
         extra = {"flip": bool(config.eval.flip), "checkpoint": str(checkpoint), "model": name, "target": target_name,
                  **dataset, "trained_on_hash": str(trained_on or ""), "duplicates": copies.summary}
+        if thresholds.result is not None:
+            extra["threshold"] = thresholds.result.metrics_json()
         paths = write_outputs(result, out_dir, extra=extra, title=name if target_name is None else f"{name} on {target_name}")
+        if thresholds.result is not None:
+            paths["threshold"] = thresholds.result.save(Path(out_dir) / THRESHOLD_FILE)
+            typer.echo(thresholds.result.summary())
+        elif thresholds.error:
+            typer.secho(f"note: no same-identity threshold: {thresholds.error}", fg=typer.colors.YELLOW, err=True)
         typer.echo(result.summary())
         if result.skipped_report():
             typer.secho(result.skipped_report(), fg=typer.colors.YELLOW, err=True)
@@ -316,6 +330,8 @@ def command(
             with bounded_http():  # a server that died since the check costs seconds, not minutes of retries
                 run_id, is_training_run = log_evaluation_run(config, name, trained_by, checkpoint, result,
                                                               list(paths.values()), base=base, names=names,
-                                                              dataset=dataset, manifest=split)
+                                                              dataset=dataset, manifest=split,
+                                                              extra_metrics=thresholds.result.metrics(names.metric_prefix)
+                                                              if thresholds.result is not None else None)
             where = "the run that trained it" if is_training_run else "a run of its own"
             typer.echo(f"MLflow: {names.metric_prefix}* metrics logged to {where} ({run_id})")

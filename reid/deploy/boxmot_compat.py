@@ -95,7 +95,7 @@ def write_sidecar(model_file: Path | str, meta: Mapping[str, str], fmt: str) -> 
         "input_name": meta.get("input_name", ""),
         "output_name": meta.get("output_name", ""),
         "dynamic_batch": True,
-        "precision": "float32",
+        "precision": "int8" if meta.get("precision") == "int8" else "float32",
         "artifact_sha256": digest,
         "source": meta.get("checkpoint", ""),
         "reid": dict(meta),

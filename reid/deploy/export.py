@@ -242,3 +242,113 @@ def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | 
         raise ParityError(f"{report.summary()}. The export {output} does not reproduce the PyTorch features; "
                           f"do not use it (report: {report_file}).")
     return output, exported.metadata, report, report_file
+
+
+def export_int8(checkpoint: Path | str, output: Path | str, *, manifest: Path | str | None = None,
+                images: Sequence[Any] | None = None, num_images: int = 32, tolerance: float = DEFAULT_TOLERANCE,
+                opset: int = DEFAULT_OPSET, report_path: Path | str | None = None, for_consumer: str | None = None,
+                calibration_images: int = 256, seed: int = 0, activations: str = "auto",
+                max_map_drop: float = 1.0, split: str = "test", speed_batch: int = 32,
+                speed_seconds: float = 3.0
+                ) -> tuple[Path, dict[str, str], ParityReport, Any, Path]:
+    """The int8 export of ``checkpoint`` (:mod:`reid.deploy.quantize`): ``(file, metadata, fp32 parity, int8 report, report file)``.
+
+    First the fp32 graph is exported (to a temporary folder) and checked against PyTorch as an fp32
+    export is; a failure there raises :class:`ParityError` before any quantisation. Then the graph is
+    quantised with ranges calibrated on ``calibration_images`` training images drawn with ``seed``, and
+    both graphs are scored on ``split``: ``test`` (the manifest's query/gallery) or ``val`` (the
+    training identities ``eval.val_ids`` holds out; calibration then draws from the rest). The report
+    (one JSON: ``fp32_parity``, ``int8``, ``metadata``) is written whatever the warnings say.
+    """
+    import tempfile
+
+    from reid.data.manifest import load_manifest
+    from reid.deploy import quantize
+    from reid.deploy.embedder import TorchEmbedder, load_model
+    from reid.deploy.module import load_checkpoint_module
+
+    quantize.import_quantization()
+    acts = quantize.resolve_activations(activations)
+    if split not in ("test", "val"):
+        raise ReidError(f"--int8-eval {split!r} is not supported; use test (query/gallery) or val (eval.val_ids)")
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise ReidError(f"int8 export writes ONNX: give --output with the .onnx suffix (e.g. {output.with_suffix('.onnx')})")
+    check_writable(output)
+    report_file = Path(report_path) if report_path else output.with_name(output.stem + ".parity.json")
+    check_writable(report_file)
+    if for_consumer is not None and for_consumer not in CONSUMERS:
+        raise ReidError(f"--for {for_consumer!r} is not supported; use one of {', '.join(CONSUMERS)}")
+    _, module, config, meta = load_checkpoint_module(checkpoint, "cpu")
+    if for_consumer == "boxmot":
+        from reid.deploy import boxmot_compat
+
+        boxmot_compat.check_exportable("onnx", output, config.data.mean, config.data.std)
+    where = Path(manifest or config.data.manifest)
+    if not where.is_file():
+        raise ReidError(f"int8 calibration and its report need the manifest {where}, which does not exist; give --manifest")
+    full = load_manifest(where)
+    if split == "val":
+        if int(config.eval.val_ids) < 1:
+            raise ReidError("--int8-eval val scores held-out training identities, but the checkpoint was trained with "
+                            "eval.val_ids=0; use --int8-eval test")
+        from reid.data.validation import hold_out_identities
+
+        train_part, scored = hold_out_identities(full, int(config.eval.val_ids), int(config.train.seed))
+        train_samples = train_part.train
+    else:
+        scored, train_samples = full, full.train
+    if not scored.query or not scored.gallery:
+        raise ReidError(f"{where} has no query/gallery to score the int8 model on ({split}); give another --manifest")
+    paths = parity_images(where, images, num_images)
+    reference = TorchEmbedder(Path(checkpoint), module, meta, torch.device("cpu"), False, kind="pytorch")
+    with tempfile.TemporaryDirectory(prefix="reid-int8-") as tmp:
+        fp32_file = export_module(module, "onnx", Path(tmp) / "fp32.onnx", meta, (int(config.data.height),
+                                                                                 int(config.data.width)), opset)
+        fp32 = load_model(fp32_file, device="cpu", flip=False)
+        parity = parity_check(reference, fp32, paths, tolerance)
+        if not parity.passed:
+            write_report(parity, report_file, fp32.metadata)
+            raise ParityError(f"{parity.summary()}. The fp32 graph does not reproduce the PyTorch features, so it is "
+                              f"not quantised (report: {report_file}).")
+        calib = quantize.calibration_paths([s.path for s in train_samples], calibration_images, seed)
+        batches = quantize.preprocessed_batches(fp32, calib)
+        int8_meta = {**fp32.metadata, "precision": "int8", "int8_format": "QDQ, per-channel int8 weights",
+                     "int8_activations": acts,
+                     "int8_target": ("x86 with VNNI (U8S8)" if acts == "uint8" else "any CPU (S8S8)"),
+                     "int8_calibration": f"{len(calib)} training images of {where.name}, seed {seed}, MinMax"}
+        quantize.quantize_file(fp32_file, output, batches, int8_meta, acts)
+        int8 = load_model(output, device="cpu")
+        fp32.flip = int8.flip  # both scored as the evaluation scores the model (eval.flip)
+        fp32_result, fp32_feats = quantize.accuracy(fp32, scored.query, scored.gallery, config.eval,
+                                                    scored.has_cameras, scored.protocol)
+        int8_result, int8_feats = quantize.accuracy(int8, scored.query, scored.gallery, config.eval,
+                                                    scored.has_cameras, scored.protocol)
+        cosine = quantize.feature_cosine(int8_feats, fp32_feats)
+        pool = np.concatenate(batches)
+        speed = pool[np.arange(speed_batch) % pool.shape[0]]
+        fp32_speed = quantize.images_per_second(fp32_file, speed, speed_seconds)
+        int8_speed = quantize.images_per_second(output, speed, speed_seconds)
+    report = quantize.Int8Report(
+        file=str(output), fp32_file="(temporary, same checkpoint)", activations=acts, calibration_images=len(calib),
+        calibration_seed=int(seed), split="query/gallery" if split == "test" else f"eval.val_ids={config.eval.val_ids} held-out identities",
+        num_query=len(scored.query), num_gallery=len(scored.gallery), fp32_mAP=fp32_result.mAP, int8_mAP=int8_result.mAP,
+        fp32_rank1=fp32_result.ranks.get(1, float(fp32_result.cmc[0])), int8_rank1=int8_result.ranks.get(1, float(int8_result.cmc[0])),
+        mean_cosine=float(cosine.mean()), min_cosine=float(cosine.min()), fp32_img_per_s=fp32_speed,
+        int8_img_per_s=int8_speed, speed_batch=int(speed_batch), max_map_drop=float(max_map_drop))
+    report.warnings = quantize.judge(report)
+    if for_consumer == "boxmot":
+        from reid.deploy import boxmot_compat
+
+        boxmot_compat.write_sidecar(output, int8.metadata, "onnx")
+        if boxmot_compat.boxmot_available():
+            int8.flip = False
+            report.consumer = boxmot_compat.load_check(output, int8, paths, tolerance)
+        else:
+            report.consumer = {"consumer": "boxmot", "skipped": f"BoxMOT is not installed: {boxmot_compat.INSTALL_HINT}"}
+    write_text_atomic(report_file, json.dumps({"fp32_parity": parity.to_dict(), "int8": report.to_dict(),
+                                               "metadata": int8.metadata}, indent=2) + "\n")
+    if report.consumer and report.consumer.get("passed") is False:
+        raise ParityError(f"{report.summary()}\nBoxMOT's features of {output} differ from reid's beyond "
+                          f"{tolerance}; do not use it in BoxMOT (report: {report_file}).")
+    return output, int8.metadata, parity, report, report_file

@@ -115,10 +115,11 @@ def same_flags(distances: np.ndarray, indices: np.ndarray, threshold: float | No
                gallery_pids: np.ndarray) -> tuple[np.ndarray, str]:
     """Green/red flags for the picture and what they mean: ``distance <= threshold`` when a threshold
     is given, else same identity where both names carry one, else all red (unknown)."""
+    found = indices >= 0  # an approximate index may return fewer than k (index -1)
     if threshold is not None:
-        return distances <= threshold, f"green: distance <= {threshold} (same), red: different"
+        return (distances <= threshold) & found, f"green: distance <= {threshold} (same), red: different"
     q = np.asarray(query_pids)[:, None]
-    g = gallery_pids[indices]
+    g = np.where(found, gallery_pids[np.maximum(indices, 0)], -1)
     flags = (q == g) & (q >= 0) & (g >= 0)
     if (np.asarray(query_pids) >= 0).any() and (gallery_pids >= 0).any():
         return flags, "green: same identity (from the manifest or the file names), red: another identity"

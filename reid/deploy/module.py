@@ -53,3 +53,13 @@ def load_checkpoint_module(checkpoint: Path | str, device: torch.device | str = 
                               run_id=read_entry(path, "mlflow_run_id"), checkpoint=path.name,
                               weights=weights_hash(module))
     return model, module, config, contract
+
+
+def model_identity(model: Any, backbone: str) -> dict[str, str]:
+    """What a threshold belongs to: the inference module's ``weights_hash`` (as in an export's contract) and the backbone."""
+    from reid.deploy.contract import weights_hash
+
+    try:
+        return {"weights_hash": weights_hash(InferenceModule(model)), "backbone": str(backbone)}
+    except AttributeError:  # not a ReIDModel (a stand-in): the threshold then names no weights and is not checked
+        return {"backbone": str(backbone)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -154,3 +155,22 @@ def _experiment_env(experiment_id: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+#: The numbers of an int8 report logged as ``export_int8/<key>`` metrics of the run.
+INT8_METRICS = ("fp32_mAP", "int8_mAP", "fp32_rank1", "int8_rank1", "mean_cosine", "min_cosine", "fp32_img_per_s",
+                "int8_img_per_s", "speedup", "map_drop_points")
+
+
+def log_int8_metrics(tracking: Any, run_id: str, report: dict[str, Any], base: Path | None = None) -> None:
+    """The int8 report's measured numbers (:data:`INT8_METRICS`) and its warnings, on the run of its export."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from reid.tracking import Tracker
+
+    client = MlflowClient(tracking_uri=Tracker(tracking, base=base).uri)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"export_int8/{k}", float(report[k]), now, 0) for k in INT8_METRICS])
+    client.set_tag(run_id, "export_int8/activations", str(report["activations"]))
+    client.set_tag(run_id, "export_int8/warnings", " | ".join(report["warnings"]) or "none")

@@ -117,8 +117,12 @@ def _evaluate_gallery_draws(qf: torch.Tensor, gf: torch.Tensor, query: Sequence[
                               [samples[i] for i in g_idx], eval_cfg, False)
 
 
-def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.device | str) -> EvalResult:
+def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.device | str,
+                   on_features: Any = None) -> EvalResult:
     """Extract query and gallery features with ``config.data`` and score them with ``config.eval``.
+
+    ``on_features(qf, gf, query, gallery)``, when given, also receives the features and their samples
+    (e.g. :class:`reid.evaluation.threshold.ThresholdCollector`), so nothing is extracted twice.
 
     ``manifest`` has ``query`` and ``gallery`` lists of ``Sample``; the images are read by
     ``reid.data.loaders.build_test_loader(samples, config, device)`` (normalised batches, in order).
@@ -166,6 +170,8 @@ def evaluate_model(model: nn.Module, manifest: Any, config: Any, device: torch.d
     result = evaluate_sample_features(qf, gf, query, gallery, config.eval,
                                       has_cameras=getattr(manifest, "has_cameras", True),
                                       protocol=getattr(manifest, "protocol", "standard"))
+    if on_features is not None:
+        on_features(qf, gf, query, gallery)
     return result.with_flags(skipped_images=dropped) if dropped else result
 
 
