@@ -144,9 +144,10 @@ def log_evaluation_run(
     if trained_by and tracker.attach(trained_by):
         _log_evaluation(tracker, result, artifacts, names, flags, manifest, extra_metrics)
         return trained_by, True
-    tags = {"reid.command": "evaluate", "variant": name, "reid.checkpoint": str(checkpoint.resolve()), **flags}
-    if trained_by:
-        tags["reid.trained_by_run"] = trained_by
+    from reid.tracking import run_tags
+
+    tags = run_tags(config, variant=name, dataset=(dataset or {}).get("dataset"), base=base, command="evaluate",
+                    extra={"reid.checkpoint": str(checkpoint.resolve()), "reid.trained_by_run": trained_by, **flags})
     run_name = f"evaluate-{name}" + (f"-{names.target}" if names.target else "") + ("-rerank" if names.rerank else "")
     with tracker.start(run_name=run_name, tags=tags):
         tracker.log_params({k: v for k, v in config.flat().items() if k.startswith(("eval.", "model."))})

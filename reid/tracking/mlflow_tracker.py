@@ -142,14 +142,16 @@ def git_commit(cwd: Path) -> str | None:
 
 
 def run_tags(config: Config, *, variant: str | None, dataset: str | None = None,
-             base: Path | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The tags every training run carries (dataset, backbone, kd mode, variant, git, DVC context).
+             base: Path | None = None, extra: Mapping[str, Any] | None = None, command: str = "train") -> dict[str, str]:
+    """The tags every run of a ``reid`` command carries (command, dataset, backbone, kd mode, variant, git,
+    DVC context); the one place they are built (``reid train``, and ``reid evaluate`` / ``reid export``
+    when they open a run of their own).
 
     ``variant`` is the name of the params.yaml variant, ``baseline`` for the base configuration:
-    ``reid compare`` finds a model's run by this tag.
+    ``reid compare`` finds a model's run by this tag (and by ``reid.command`` = ``train``).
     """
     tags: dict[str, Any] = {
-        "reid.command": "train",
+        "reid.command": command,
         "variant": variant or "baseline",
         "backbone": config.model.backbone,
         "kd_mode": config.kd.mode,
