@@ -116,8 +116,9 @@ class TrainingData:
                    num_images=len(train))
 
     def entries(self) -> dict[str, Any]:
-        """Checkpoint keys: ``data_hash`` (the whole manifest: `reid evaluate` tells the model's own data from another dataset by it, and the export contract records it), ``train_data_hash``, ``data_manifest``,
-        ``num_train_images``."""
+        """Checkpoint keys: ``data_hash`` (the whole manifest: ``reid evaluate`` tells the model's own data
+        from another dataset by it, and the export contract records it), ``train_data_hash``,
+        ``data_manifest``, ``num_train_images``."""
         return {"data_hash": self.content_hash, "train_data_hash": self.train_hash, "data_manifest": self.manifest,
                 "num_train_images": self.num_images}
 
