@@ -1,5 +1,7 @@
 """Shared fixtures: a small synthetic Market-format dataset, its manifest, a CPU-sized config, and
-the real Market-1501 when it is present.
+the real Market-1501 when it is present; and the helpers several test files use (``from conftest
+import ...``, tests/ is on ``sys.path`` under pytest): folder-format datasets built from a layout,
+``reid prepare`` on them, params files, config tweaks and an untrained ``reid train`` checkpoint.
 
 Real Market-1501 is found through ``REID_MARKET1501_ROOT`` or ``../shared/data`` beside the checkout;
 tests that need it are skipped with the reason when neither exists.
@@ -7,11 +9,15 @@ tests that need it are skipped with the reason when neither exists.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET_CANDIDATES = [
@@ -120,3 +126,93 @@ def slurm():
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- helpers shared by several test files -------------------------------------------------------------------
+runner = CliRunner()
+
+
+def app():
+    """The ``reid`` command line, imported when a test runs (collecting the tests stays cheap)."""
+    from reid.cli import app as reid_app
+
+    return reid_app
+
+
+def image(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(path)
+
+
+def folder_dataset(root: Path, layout: dict[str, dict[str, list[str]]]) -> Path:
+    """``{split: {identity: [file names]}}`` as a folder-format dataset of small random JPEGs."""
+    seed = 0
+    for split, identities in layout.items():
+        for identity, names in identities.items():
+            for name in names:
+                seed += 1
+                image(root / split / identity / name, seed)
+    return root
+
+
+def good_layout(**changes: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    """A valid layout: 4 training identities on 2 cameras, 3 query/gallery identities; ``changes`` replace
+    whole splits."""
+    layout = {
+        "train": {f"t{i}": [f"cam{c}_{n}.jpg" for c in (1, 2) for n in range(2)] for i in range(4)},
+        "query": {f"p{i}": ["cam1_0.jpg"] for i in range(3)},
+        "gallery": {f"p{i}": ["cam2_0.jpg", "cam2_1.jpg"] for i in range(3)},
+    }
+    layout.update(changes)
+    return layout
+
+
+def params_file(tmp_path: Path, root: Path, **data: object) -> Path:
+    """A params file with only a ``data`` section: the folder dataset at ``root``, the manifest in
+    ``tmp_path / "m"``, plus ``data`` keys."""
+    path = tmp_path / "custom_params.yaml"
+    section = {"format": "folder", "root": str(root), "manifest": str(tmp_path / "m" / "manifest.json"), **data}
+    path.write_text(json.dumps({"data": section}))
+    return path
+
+
+def prepare(params: Path, *args: str):
+    return runner.invoke(app(), ["prepare", "--params", str(params), *args])
+
+
+def prepare_folder(tmp_path: Path, layout: dict, *args: str, **data: object):
+    """``reid prepare`` on ``layout`` as a folder dataset in ``tmp_path / "ds"`` (manifest in ``tmp_path / "m"``):
+    the command's result and the dataset root."""
+    root = folder_dataset(tmp_path / "ds", layout)
+    return prepare(params_file(tmp_path, root, **data), *args), root
+
+
+def save_params(path: Path, config, **extra: object) -> Path:
+    """``config`` (a Config) as a params file, plus pipeline keys (variants, evaluate)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({**config.model_dump(mode="json"), **extra}))
+    return path
+
+
+def tweak(config, **sections: dict):
+    """``config`` with the keys of each ``section={key: value}`` replaced, validated again."""
+    from reid.config import validate
+
+    tree = config.model_dump(mode="json")
+    for section, values in sections.items():
+        tree[section].update(values)
+    return validate(tree)
+
+
+def random_checkpoint(path: Path, config, num_classes: int) -> Path:
+    """A `reid train`-format checkpoint of an untrained model: enough to embed images."""
+    from reid.checkpoint import save_checkpoint
+    from reid.models.reid_model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(config, num_classes).eval()
+    return save_checkpoint({"config": config.model_dump(mode="json"), "num_classes": num_classes, "epoch": 1,
+                            "global_step": 1, "model": model.state_dict()}, path)

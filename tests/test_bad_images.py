@@ -1,10 +1,12 @@
 """Bad images are all found before the first step, and nothing left out goes unrecorded: zero-byte files
-at ``reid prepare``, every corrupt file of every split before training, the skipped ones in metrics.json
-and MLflow, each named once."""
+at ``reid prepare``, every corrupt file of every split before training (a test image included, with the
+fixes), the skipped ones in metrics.json and MLflow, each named once; the warning for a skipped image does
+not advise the ``skip`` already set."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -14,6 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from reid.errors import CorruptImageError
+
+from conftest import app, folder_dataset, good_layout
 
 runner = CliRunner()
 
@@ -98,3 +102,37 @@ def test_reid_prepare_flags_zero_byte_files_without_check_images(tmp_path: Path,
     assert result.exit_code == 0, result.output
     kept = {s["path"] for s in json.loads((tmp_path / "m.json").read_text())["train"]}
     assert not kept & {str(p) for p in bad[:4]} and str(bad[4]) in kept  # a truncated file needs --check-images
+
+
+def with_corrupt_gallery_image(manifest, folder: Path):
+    """``manifest`` with its first gallery image replaced by a truncated copy in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    broken = folder / Path(manifest.gallery[0].path).name
+    broken.write_bytes(Path(manifest.gallery[0].path).read_bytes()[:200])
+    gallery = [manifest.gallery[0].__class__(str(broken), manifest.gallery[0].pid, manifest.gallery[0].camid),
+               *manifest.gallery[1:]]
+    return manifest.model_copy(update={"gallery": gallery}), broken
+
+
+def test_a_corrupt_test_image_fails_training_before_the_first_step(tmp_path: Path, tiny_config,
+                                                                   synthetic_manifest) -> None:
+    from reid.engine.trainer import train
+
+    manifest, broken = with_corrupt_gallery_image(synthetic_manifest, tmp_path / "broken")
+    with pytest.raises(CorruptImageError, match=re.escape(str(broken))) as err:
+        train(tiny_config, manifest, progress=False)
+    assert "data.corrupt_images=skip" in str(err.value) and "Nothing was trained" in str(err.value)
+    assert not (Path(tiny_config.train.output_dir) / "last.pt").exists()
+
+
+def test_the_skip_warning_does_not_advise_skip(tmp_path: Path) -> None:
+    layout = good_layout()
+    root = folder_dataset(tmp_path / "ds", layout)
+    (root / "gallery" / "p0" / "cam2_1.jpg").write_bytes(b"\xff\xd8 truncated")
+    params = tmp_path / "p.yaml"
+    params.write_text(json.dumps({"data": {"format": "folder", "root": str(root), "corrupt_images": "skip",
+                                           "manifest": str(tmp_path / "m" / "manifest.json")}}))
+    result = runner.invoke(app(), ["prepare", "--params", str(params), "--check-images"])
+    assert result.exit_code == 0, result.output
+    warning = next(line for line in result.stderr.splitlines() if "cam2_1.jpg" in line)
+    assert "skipped corrupt image" in warning and "corrupt_images=skip" not in warning

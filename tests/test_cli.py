@@ -1,4 +1,6 @@
-"""The command line: every command is registered and documented, and `reid ui` stays private by default."""
+"""The command line: every command is registered and documented, `reid ui` stays private by default,
+hints quote paths with spaces as a shell needs (registry names keep none), and a typo in an option's
+value is blamed on the option."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from reid.cli import app
+
+from conftest import save_params
 
 COMMANDS = ("prepare", "synth", "train", "evaluate", "compare", "ui", "export", "extract", "search", "index", "log-run",
             "sweep")
@@ -134,3 +138,42 @@ def test_ui_says_where_it_looked_when_the_store_is_missing(tmp_path: Path, monke
     url, message = comparison_page(params, "http://localhost:5000")
     assert url is None and str(tmp_path / "mlflow.db") in message and "cd .quickstart && reid ui" in message
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# -- a user's own paths and typos: shell-quoted hints, the option blamed -------------------------------
+def test_a_path_with_a_space_is_quoted_in_hints_and_kept_out_of_registry_names(
+        tmp_path: Path, tiny_config, synthetic_manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    import reid.engine.trainer as trainer_module
+    from reid.data.manifest import write_manifest
+    from reid.deploy.registry import registered_name
+
+    write_manifest(synthetic_manifest, tiny_config.data.manifest)
+    params = save_params(tmp_path / "my project" / "params.yaml", tiny_config)
+    out = Path(tiny_config.train.output_dir)
+
+    def fake_train(config, manifest, resume=False, **kwargs):
+        return trainer_module.TrainResult(out, out / "last.pt", None, out / "metrics.json", out / "config.yaml",
+                                          {"mAP": 0.5}, None, None, 1, 3, "run123")
+
+    monkeypatch.setattr(trainer_module, "train", fake_train)
+    result = runner.invoke(app, ["train", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    hint = result.stdout.split("see it with: ", 1)[1].splitlines()[0]
+    assert shlex.split(hint) == ["reid", "ui", "--params", str(params)]
+    from reid.data.manifest import load_manifest
+    from reid.errors import DatasetError
+
+    with pytest.raises(DatasetError) as err:
+        load_manifest(tmp_path / "none.json", params)
+    assert f"run `reid prepare --params {shlex.quote(str(params))}` first" in str(err.value)
+    assert registered_name("reid", "my run") == "reid-my-run"
+    assert registered_name("reid market", "a/b  c") == "reid-market-a-b-c"
+
+
+def test_a_format_typo_is_blamed_on_the_option(tmp_path: Path) -> None:
+    params = tmp_path / "p.yaml"
+    params.write_text("{}\n")
+    result = runner.invoke(app, ["prepare", "--params", str(params), "--format", "markett"])
+    assert result.exit_code == 2
+    assert "--format" in result.output and "'pack'" in result.output and "override" not in result.output
+    assert "pack" in runner.invoke(app, ["prepare", "--help"]).output

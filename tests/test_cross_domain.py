@@ -1,5 +1,8 @@
 """Cross-domain evaluation targets (``evaluate.targets``), joint training on several sources
-(``data.sources``) and the synthetic generator's second domain (issue 16)."""
+(``data.sources``) and the synthetic generator's second domain (issue 16).
+
+Targets may be evaluation-only datasets (no or an empty ``train/``), their errors name the target's keys
+rather than ``data.*``, and ``reid prepare --no-targets`` / ``--target NAME`` prepare only what is asked."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from reid.config import ConfigError
 from reid.data.samples import DatasetSplits, Sample
 from reid.errors import DatasetError
 from reid.config import parse_targets
+
+from conftest import app, folder_dataset, good_layout, runner
 
 SMALL = dict(num_train_ids=5, num_test_ids=4, num_cameras=3, images_per_id=4, height=32, width=16)
 
@@ -95,6 +100,73 @@ def test_no_targets_still_writes_the_index(tmp_path: Path, synthetic_root: Path)
     result = _prepare(_params(tmp_path, {"root": str(synthetic_root)}))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "pipeline/data/targets/index.json").read_text()) == {"targets": []}
+
+
+# --- evaluation-only targets (folder format); prepare --no-targets and --target -----------------------
+
+
+def targets_params(tmp_path: Path, main: Path, targets: list[dict]) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(json.dumps({"data": {"format": "folder", "root": str(main),
+                                         "manifest": str(tmp_path / "m" / "manifest.json")},
+                                "evaluate": {"targets": targets}}))
+    return path
+
+
+def test_a_target_may_be_an_evaluation_only_dataset(tmp_path: Path) -> None:
+    from reid.data.manifest import load_manifest
+
+    main = folder_dataset(tmp_path / "main", good_layout())
+    test_only = good_layout()
+    del test_only["train"]
+    far = folder_dataset(tmp_path / "far", test_only)
+    near = folder_dataset(tmp_path / "near", test_only)
+    (near / "train").mkdir()  # an empty train/
+    params = targets_params(tmp_path, main, [{"name": "far", "format": "folder", "root": str(far)},
+                                             {"name": "near", "format": "folder", "root": str(near)}])
+    result = runner.invoke(app(), ["prepare", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    for name in ("far", "near"):
+        target = load_manifest(tmp_path / "m" / "targets" / f"{name}.json")
+        assert (len(target.train), len(target.query), len(target.gallery)) == (0, 3, 6)
+
+
+def test_target_errors_name_the_target_keys(tmp_path: Path) -> None:
+    main = folder_dataset(tmp_path / "main", good_layout())
+    params = targets_params(tmp_path, main, [{"name": "far", "format": "folder", "root": str(tmp_path / "nowhere")}])
+    result = runner.invoke(app(), ["prepare", "--params", str(params)])
+    assert result.exit_code == 2
+    assert "evaluate.targets[far].root" in result.stderr
+    assert "data.root" not in result.stderr and "--root" not in result.stderr
+    wrong = folder_dataset(tmp_path / "wrong", {"bounding_box_test": {"p1": ["cam1_0.jpg"]},
+                                                "query": {"p1": ["cam2_0.jpg"]}})
+    params = targets_params(tmp_path, main, [{"name": "far", "format": "folder", "root": str(wrong)}])
+    result = runner.invoke(app(), ["prepare", "--params", str(params)])
+    assert result.exit_code == 2 and "evaluate.targets[far]" in result.stderr
+    assert "data.root" not in result.stderr and "data.format" not in result.stderr, result.stderr
+
+
+def test_several_datasets_prepared_into_one_folder_keep_their_statistics(tmp_path: Path) -> None:
+    small = good_layout(query={"p0": ["cam1_0.jpg"]}, gallery={"p0": ["cam2_0.jpg"]})
+    a = folder_dataset(tmp_path / "a", good_layout())
+    b = folder_dataset(tmp_path / "b", small)
+    far = good_layout()
+    del far["train"]
+    far_root = folder_dataset(tmp_path / "far", far)
+    params = targets_params(tmp_path, a, [{"name": "far", "format": "folder", "root": str(far_root)},
+                                          {"name": "gone", "format": "folder", "root": str(tmp_path / "gone")}])
+    prep = tmp_path / "prep"
+    for name, root in (("a", a), ("b", b)):
+        result = runner.invoke(app(), ["prepare", "--params", str(params), "--root", str(root), "--no-targets",
+                                       "--output", str(prep / f"{name}.json")])
+        assert result.exit_code == 0, result.output  # the missing target "gone" is not read
+    assert json.loads((prep / "a.statistics.json").read_text())["query"]["images"] == 3
+    assert json.loads((prep / "b.statistics.json").read_text())["query"]["images"] == 1
+    assert not (prep / "targets").exists()
+    result = runner.invoke(app(), ["prepare", "--params", str(params), "--target", "far"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((tmp_path / "m" / "targets" / "index.json").read_text())
+    assert [t["name"] for t in index["targets"]] == ["far"]
 
 
 # --- data.sources ------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Dataset readers: the exact Market-1501 protocol numbers, VeRi-776, the folder layout, and errors
-that name the offending path and say what layout was expected."""
+that name the offending path and say what layout was expected.
+
+Folder data as users bring it, through ``reid prepare``: any consistent camera token, .webp and .bmp read
+like JPEG, files of unsupported types reported by name, query identities absent from the gallery named."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import pytest
 
 from reid.data.datasets import read_dataset, statistics, statistics_table
 from reid.errors import DatasetError
+
+from conftest import app, folder_dataset, good_layout, params_file, prepare_folder, runner
 
 MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
@@ -221,3 +226,63 @@ def test_statistics_table_lists_every_split(tmp_path: Path) -> None:
             if line.strip().startswith(("train", "query", "gallery"))}
     assert rows == {"train": [2, 3, 3], "query": [2, 2, 1], "gallery": [3, 3, 2]}
     assert "# ids" in table and "# cameras" in table
+
+
+# --- folder data never seen before: camera tokens, image types, query identities ----------------------
+
+
+def test_any_consistent_camera_token_is_a_camera(tmp_path: Path) -> None:
+    layout = {
+        "train": {f"t{i}": [f"cam{c}_{n}.jpg" for c in "AB" for n in range(2)] for i in range(4)},
+        "query": {f"p{i}": ["camA_0.jpg"] for i in range(3)},
+        "gallery": {f"p{i}": ["camB_0.jpg", "camB_1.jpg"] for i in range(3)},
+    }
+    result, _ = prepare_folder(tmp_path, layout)
+    assert result.exit_code == 0, result.output
+    assert "do not look like cameras" not in result.stderr and "warning" not in result.stderr, result.stderr
+    assert "camA=1, camB=2" in result.stdout
+
+
+def test_unsupported_image_types_are_reported_not_dropped_silently(tmp_path: Path) -> None:
+    from PIL import Image
+
+    layout = good_layout()
+    root = folder_dataset(tmp_path / "ds", layout)
+    Image.new("RGB", (16, 32)).save(root / "train" / "t0" / "cam1_9.gif")
+    result = runner.invoke(app(), ["prepare", "--params", str(params_file(tmp_path, root))])
+    assert result.exit_code == 0, result.output
+    assert "1 image file(s) of an unsupported type (.gif) were ignored (t0/cam1_9.gif)" in result.stderr
+    for path in (root / "query").rglob("*.jpg"):
+        Image.open(path).save(path.with_suffix(".gif"))
+        path.unlink()
+    result = runner.invoke(app(), ["prepare", "--params", str(params_file(tmp_path, root))])
+    assert result.exit_code == 2 and "no usable images" in result.stderr
+    assert "3 image file(s) of an unsupported type (.gif)" in result.stderr and "convert them" in result.stderr
+    assert "p0/cam1_0.gif, p1/cam1_0.gif, p2/cam1_0.gif" in result.stderr  # the ignored files are named
+
+
+def test_webp_and_bmp_images_are_read_like_jpeg(tmp_path: Path) -> None:
+    """Pillow decodes them, so a folder of .webp or .bmp crops is a dataset, not a list of ignored files."""
+    from PIL import Image
+
+    from reid.data.datasets import read_dataset
+    from reid.data.images import decode_image
+
+    root = folder_dataset(tmp_path / "ds", good_layout())
+    converted = []
+    for index, path in enumerate(sorted((root / "query").rglob("*.jpg"))):
+        target = path.with_suffix(".webp" if index % 2 else ".bmp")
+        Image.open(path).save(target)
+        path.unlink()
+        converted.append(str(target))
+    splits = read_dataset("folder", root)
+    assert sorted(s.path for s in splits.query) == sorted(converted) and not splits.warnings
+    assert all(decode_image(p).shape[0] == 3 for p in converted)
+
+
+def test_prepare_names_query_identities_absent_from_the_gallery(tmp_path: Path) -> None:
+    layout = good_layout(gallery={f"p{i}": ["cam2_0.jpg"] for i in range(2)})  # p2 has no gallery image
+    result, root = prepare_folder(tmp_path, layout)
+    assert result.exit_code == 0, result.output
+    assert "1 query identity has no image in the gallery" in result.stderr
+    assert str(root / "query" / "p2" / "cam1_0.jpg") in result.stderr

@@ -1,9 +1,12 @@
-"""Using a trained model: export + parity, the embedder API, extract/search round trip, registry, bad input.
+"""Using a trained model: export + parity, the embedder API, extract/search round trip (and search on a
+prepared folder dataset, marking right and wrong hits), registry, bad input.
 
 The models are trained for two steps on eight synthetic training images (64 x 32 input) and saved as
 ``reid train`` checkpoints, once per module: a plain ResNet18 (with a run in a test MLflow store, for
 the registry test) and a ResNet50-IBN-a (its InstanceNorm must export in eval mode). The full trainer
-is not used: its end-of-run evaluation would double the time on a shared 2-core CPU.
+is not used: its end-of-run evaluation would double the time on a shared 2-core CPU. The search on
+folder data embeds with an untrained checkpoint: marking hits right or wrong needs identities, not a
+good model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from reid.deploy.embedder import load_model  # noqa: E402
 from reid.deploy.export import ParityError, export_checkpoint, export_module, parity_check  # noqa: E402
 from reid.errors import ReidError  # noqa: E402
 
+from conftest import app, good_layout, prepare_folder, random_checkpoint, runner  # noqa: E402
 from deploy_models import deploy_config, save_trained, train_steps  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
@@ -257,6 +261,32 @@ def test_extract_and_search_round_trip_matches_the_evaluation(trained, workdir: 
                                    "--threshold", "0.5", "--output", str(picture), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "same" in res.output or "different" in res.output
+
+
+def test_search_marks_right_and_wrong_hits_on_folder_data(tmp_path: Path, tiny_config) -> None:
+    result, root = prepare_folder(tmp_path, good_layout())
+    assert result.exit_code == 0, result.output
+    manifest = tmp_path / "m" / "manifest.json"
+    model = random_checkpoint(tmp_path / "model" / "last.pt", tiny_config, 4)
+    gallery = tmp_path / "g.npz"
+    done = runner.invoke(app(), ["extract", "--model", str(model), "--split", "gallery", "--manifest", str(manifest),
+                                 "--output", str(gallery), "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    found = runner.invoke(app(), ["search", str(root / "query"), "--gallery", str(gallery), "--top-k", "3",
+                                  "--json", str(tmp_path / "r.json"), "--output", str(tmp_path / "s.png"),
+                                  "--device", "cpu"])
+    assert found.exit_code == 0, found.output
+    assert "same identity" in found.stdout and "no identities" not in found.stdout
+    rows = json.loads((tmp_path / "r.json").read_text())["queries"]
+    assert sorted(row["pid"] for row in rows) == [1, 2, 3]
+    assert all("same_identity" in hit and hit["pid"] > 0 for row in rows for hit in row["results"])
+    # A folder extracted with the manifest at hand gets its identities too (not -1).
+    loose = runner.invoke(app(), ["extract", str(root / "gallery"), "--model", str(model), "--manifest", str(manifest),
+                                  "--output", str(tmp_path / "f.npz"), "--device", "cpu"])
+    assert loose.exit_code == 0, loose.output
+    from reid.deploy.gallery import load_features
+
+    assert sorted(set(load_features(tmp_path / "f.npz").pids.tolist())) == [1, 2, 3]
 
 
 # -- tracking ----------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Evaluation outputs (metrics.json, cmc.csv, pictures), MLflow logging, the runner on Sample lists,
-and ``reid evaluate`` end to end (skipped until the data and model modules it needs exist)."""
+``reid evaluate`` using the checkpoint's protocol unless overridden, and ``reid evaluate`` end to end
+(skipped until the data and model modules it needs exist)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from reid.config import EvalConfig, validate
 from reid.evaluation.metrics import evaluate_distances
 from reid.evaluation.plots import plot_cmc, ranked_list_figure
 from reid.evaluation.runner import evaluate_model, evaluate_sample_features, write_outputs
+
+from conftest import app, good_layout, prepare_folder, random_checkpoint, runner, tweak
 
 
 @dataclass(frozen=True)
@@ -456,6 +459,23 @@ def test_evaluate_help_names_the_reranking_keys() -> None:
     for key in ("eval.rerank_k1", "eval.rerank_k2", "eval.rerank_lambda", "eval.rerank_max_memory_gb", "-o", "--target",
                 "evaluate.output_dir"):
         assert key in text, key
+
+
+def test_evaluate_uses_the_checkpoints_protocol_unless_overridden(tmp_path: Path, tiny_config) -> None:
+    layout = good_layout(gallery={f"p{i}": ["cam1_5.jpg", "cam1_6.jpg"] for i in range(3)})  # one camera
+    result, _ = prepare_folder(tmp_path, layout)
+    assert result.exit_code == 0, result.output
+    trained = tweak(tiny_config, eval={"cross_camera": False})
+    model = random_checkpoint(tmp_path / "model" / "last.pt", trained, 4)
+    params = tmp_path / "eval.yaml"
+    params.write_text(json.dumps({"data": {"manifest": str(tmp_path / "m" / "manifest.json"), "num_workers": 0},
+                                  "train": {"device": "cpu"}, "tracking": {"enabled": False}}))
+    args = ["evaluate", str(model), "--params", str(params), "--output", str(tmp_path / "out")]
+    done = runner.invoke(app(), args)
+    assert done.exit_code == 0, done.output
+    assert "eval.cross_camera: using the checkpoint's false" in done.stderr
+    refused = runner.invoke(app(), [*args, "-o", "eval.cross_camera=true"])  # the user's choice wins
+    assert refused.exit_code == 2 and "cross_camera" in refused.stderr
 
 
 # ---------------------------------------------------------------------------------------------------

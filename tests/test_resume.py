@@ -1,9 +1,16 @@
 """Resume: a SIGKILLed ``reid train`` continued with ``--resume`` ends where an uninterrupted run ends,
-in the same MLflow run; checkpoints that cannot continue this configuration are refused clearly."""
+in the same MLflow run; checkpoints that cannot continue this configuration are refused clearly.
+
+The command a stopped or failed run prints, pasted as is, continues exactly that run (params file,
+variant, overrides, run name); changes that do not touch what was learned (a corrupt image skipped or
+deleted and the data re-prepared) are accepted, and other training data is refused naming the manifest
+the checkpoint was trained on."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +23,8 @@ import yaml
 
 from reid.checkpoint import load_checkpoint, save_checkpoint
 from reid.errors import CheckpointError
+
+from conftest import app, runner, save_params, tweak
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,3 +181,108 @@ def test_best_checkpoint_cannot_be_resumed(tiny_config) -> None:
     del state["optimizers"]
     with pytest.raises(CheckpointError, match="lacks optimizers"):
         check_resumable(state, tiny_config, Path("best.pt"))
+
+
+# -- the hint a stopped run prints continues exactly that run ------------------------------------------
+def pasted(hint: str, marker: str) -> list[str]:
+    """The command a user copies from ``hint`` after ``marker`` (to the end of the line, or between
+    backticks), split as a POSIX shell splits it."""
+    text = hint.split(marker, 1)[1].strip()
+    text = text[1:].split("`", 1)[0] if text.startswith("`") else text.splitlines()[0]
+    argv = shlex.split(text)
+    assert argv[:2] == ["reid", "train"], argv
+    return argv[1:]
+
+
+def test_the_interrupt_hint_resumes_exactly_the_interrupted_run(tmp_path: Path, tiny_config, synthetic_manifest,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import reid.engine.trainer as trainer_module
+    from reid.data.manifest import write_manifest
+    from reid.checkpoint import save_checkpoint
+    from reid.engine.signals import Terminated
+
+    monkeypatch.chdir(tmp_path)
+    write_manifest(synthetic_manifest, tiny_config.data.manifest)
+    params = save_params(tmp_path / "my configs" / "p.yaml", tiny_config,
+                         variants={"short": {"train": {"epochs": 1}}})
+    calls: list[tuple] = []
+
+    def fake_train(config, manifest, resume=False, **kwargs):
+        calls.append((config, resume, kwargs.get("variant"), kwargs.get("run_name")))
+        if not resume:  # the first epoch is done, then SIGTERM
+            last = save_checkpoint({"epoch": 1}, Path(config.train.output_dir) / "last.pt")
+            os.utime(last, (time.time() + 5, time.time() + 5))  # written during this run, whatever the clock's grain
+            raise Terminated("received signal SIGTERM")
+        raise CheckpointError("stop here: the resumed run's arguments are recorded")
+
+    monkeypatch.setattr(trainer_module, "train", fake_train)
+    out = tmp_path / "runs" / "my run"
+    first = runner.invoke(app(), ["train", "--params", str(params), "--variant", "short", "-o",
+                                  f"train.output_dir={out}", "-o", "optim.lr=0.001", "--run-name", "try 2"])
+    assert first.exit_code == 143, first.output
+    again = runner.invoke(app(), pasted(first.stderr, "Continue with:"))
+    assert again.exit_code == 2 and len(calls) == 2, again.output
+    (config, resumed, variant, run_name), (config2, resumed2, variant2, run_name2) = calls
+    assert not resumed and resumed2 and (variant2, run_name2) == (variant, run_name) == ("short", "try 2")
+    assert config2 == config and config2.train.output_dir == out and config2.optim.lr == 0.001
+
+
+def test_the_evaluation_failure_hint_resumes_exactly_the_failed_run(tmp_path: Path, tiny_config, synthetic_manifest,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import reid.evaluation.runner as runner_module
+    from reid.data.manifest import write_manifest
+    from reid.errors import EvaluationError
+
+    monkeypatch.chdir(tmp_path)
+    write_manifest(synthetic_manifest, tiny_config.data.manifest)
+    params = save_params(tmp_path / "p.yaml", tiny_config)
+    evaluate = runner_module.evaluate_model
+
+    def broken(*args, **kwargs):
+        raise EvaluationError("evaluation broke")
+
+    monkeypatch.setattr(runner_module, "evaluate_model", broken)
+    out = tmp_path / "other run"
+    failed = runner.invoke(app(), ["train", "--params", str(params), "-o", f"train.output_dir={out}",
+                                   "-o", "train.epochs=1", "-o", "tracking.enabled=false", "--run-name", "x"])
+    assert failed.exit_code == 2 and "evaluation broke" in failed.stderr, failed.output
+    monkeypatch.setattr(runner_module, "evaluate_model", evaluate)  # the cause is fixed
+    resumed = runner.invoke(app(), pasted(failed.stderr, "continue with"))
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming from {out / 'last.pt'}: 1 epoch(s) done" in resumed.stderr
+    assert not Path(tiny_config.train.output_dir).exists()  # the default folder was never touched
+
+
+# -- trained for real: what resume accepts, and the data it names when it refuses ----------------------
+def test_resume_accepts_changes_that_do_not_touch_what_was_learned(tmp_path: Path, tiny_config,
+                                                                   synthetic_manifest) -> None:
+    """The fixes the corrupt-image error suggests (skip it; delete it and re-prepare) keep --resume working."""
+    from reid.data.manifest import build_manifest
+    from reid.engine.trainer import train
+
+    config = tweak(tiny_config, train={"epochs": 1}, tracking={"enabled": False})
+    train(config, synthetic_manifest, progress=False)
+    splits = synthetic_manifest.splits()
+    splits.gallery = splits.gallery[1:]  # the corrupt gallery image deleted, the dataset re-prepared
+    reprepared = build_manifest(splits)
+    assert reprepared.content_hash != synthetic_manifest.content_hash
+    more = tweak(config, train={"epochs": 2}, data={"corrupt_images": "skip"}, eval={"max_rank": 20})
+    result = train(more, reprepared, resume=True, progress=False)
+    assert result.resumed_from_epoch == 1 and result.epochs == 2
+
+
+def test_the_other_data_error_names_the_manifest_trained_on(tmp_path: Path, tiny_config, synthetic_manifest) -> None:
+    from reid.data.manifest import build_manifest
+    from reid.engine.trainer import train
+
+    trained_on = tmp_path / "trained_on" / "manifest.json"
+    config = tweak(tiny_config, train={"epochs": 1}, tracking={"enabled": False}, data={"manifest": str(trained_on)})
+    train(config, synthetic_manifest, progress=False)
+    splits = synthetic_manifest.splits()
+    del splits.train[1]  # one training image fewer (its identity keeps others: the same class count)
+    other = build_manifest(splits)
+    assert other.num_classes == synthetic_manifest.num_classes
+    now = tweak(config, train={"epochs": 2}, data={"manifest": str(tmp_path / "now.json")})
+    with pytest.raises(CheckpointError, match=re.escape(str(trained_on))) as err:
+        train(now, other, resume=True, progress=False)
+    assert "training samples" in str(err.value) and "now.json" in str(err.value)

@@ -1,4 +1,5 @@
-"""MLflow tracking: store resolution and checks, run lifecycle and statuses, and a tracked training run."""
+"""MLflow tracking: store resolution and checks, run lifecycle and statuses, a tracked training run, and
+the variant tag that says what a run is (baseline, a named run, or the baseline plus overrides)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from reid.tracking.mlflow_tracker import (
     resolve_store_uri,
     run_tags,
 )
+
+from conftest import app, runner, save_params, tweak
 
 
 def closed_port() -> int:
@@ -267,3 +270,30 @@ def test_comparison_view_names_the_latest_run_of_each_variant_best_map_first(tmp
                    "&workflowType=machine_learning")
     with pytest.raises(TrackingError, match="'nope' is not in this store"):
         publish_comparison_view(client, "nope")
+
+
+def test_the_variant_tag_says_what_the_run_is(tmp_path: Path, tiny_config, synthetic_manifest,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from reid.data.manifest import write_manifest
+
+    monkeypatch.chdir(tmp_path)
+    write_manifest(synthetic_manifest, tiny_config.data.manifest)
+    params = save_params(tmp_path / "p.yaml", tiny_config)
+    runs = {"untrained": ["-o", "train.epochs=0", "--run-name", "untrained"],
+            "moved": ["-o", "train.epochs=0", "-o", "train.eval_every=3"]}
+    for name, args in runs.items():
+        result = runner.invoke(app(), ["train", "--params", str(params), "-o", f"train.output_dir={tmp_path / name}",
+                                       *args])
+        assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=tiny_config.tracking.uri)
+    experiment = client.get_experiment_by_name(tiny_config.tracking.experiment)
+    tags = {r.info.run_name: r.data.tags for r in client.search_runs([experiment.experiment_id])}
+    assert tags["untrained"]["variant"] == "untrained" and tags["untrained"]["reid.overrides"] == "train.epochs=0"
+    assert tags["moved"]["variant"] == "baseline+train.epochs=0" and tags["moved"]["reid.based_on"] == "baseline"
+    from reid.commands.train import identity_tags
+
+    same = save_params(tmp_path / "q.yaml", tiny_config)
+    config = tweak(tiny_config, train={"output_dir": str(tmp_path / "x"), "device": "cpu"})
+    assert identity_tags(same, None, [f"train.output_dir={tmp_path / 'x'}"], None, config) == {}  # still the baseline

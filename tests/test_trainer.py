@@ -1,4 +1,5 @@
-"""The training engine: device/AMP policy, progress output, outputs of a run, learning, freezing."""
+"""The training engine: device/AMP policy, progress output (metrics in percent, as ``reid evaluate``
+prints them), outputs of a run, learning, freezing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch
 from reid.engine.device import amp_policy, epoch_seed, resolve_device, rng_state, seed_everything, set_rng_state
 from reid.engine.progress import EpochProgress
 from reid.errors import ReidError
+
+from conftest import tweak
 
 
 # -- device, AMP, RNG --------------------------------------------------------------------------------
@@ -155,6 +158,19 @@ def test_backbone_is_frozen_for_the_first_epochs(tiny_config, synthetic_manifest
     train(tiny_config, synthetic_manifest, resume=True, progress=False)
     resumed = load_checkpoint(Path(tiny_config.train.output_dir) / "last.pt")["model"]
     assert any(not torch.equal(initial[k], resumed[k]) for k in conv)
+
+
+def test_training_prints_percent_like_evaluate(tiny_config, synthetic_manifest) -> None:
+    from reid.engine.progress import format_stats
+    from reid.engine.trainer import train
+
+    lines: list[str] = []
+    config = tweak(tiny_config, train={"epochs": 1}, tracking={"enabled": False})
+    result = train(config, synthetic_manifest, progress=False, log=lines.append)
+    epoch = next(line for line in lines if line.startswith("epoch 1:"))
+    assert f"mAP {100 * result.metrics['mAP']:.1f} |" in epoch and f"R1 {100 * result.metrics['rank1']:.1f}" in epoch
+    assert 0 <= result.metrics["mAP"] <= 1  # metrics files and MLflow keep fractions
+    assert "acc 25.0%" in format_stats({"acc": 0.25})
 
 
 # -- the reported model: the last epoch; a "best" only on held-out training identities -------------------

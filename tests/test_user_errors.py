@@ -18,55 +18,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from reid.config import ConfigError, load_config, validate
 from reid.data.samples import Sample
 from reid.errors import CheckpointError, DatasetError, EvaluationError
 
-runner = CliRunner()
-
-
-def image(path: Path, seed: int) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(path)
-
-
-def folder_dataset(root: Path, layout: dict[str, dict[str, list[str]]]) -> Path:
-    """``{split: {identity: [file names]}}`` as a folder-format dataset of small random JPEGs."""
-    seed = 0
-    for split, identities in layout.items():
-        for identity, names in identities.items():
-            for name in names:
-                seed += 1
-                image(root / split / identity / name, seed)
-    return root
-
-
-def good_layout(**changes: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
-    layout = {
-        "train": {f"t{i}": [f"cam{c}_{n}.jpg" for c in (1, 2) for n in range(2)] for i in range(4)},
-        "query": {f"p{i}": ["cam1_0.jpg"] for i in range(3)},
-        "gallery": {f"p{i}": ["cam2_0.jpg", "cam2_1.jpg"] for i in range(3)},
-    }
-    layout.update(changes)
-    return layout
-
-
-def params_file(tmp_path: Path, root: Path, **data: object) -> Path:
-    path = tmp_path / "custom_params.yaml"
-    section = {"format": "folder", "root": str(root), "manifest": str(tmp_path / "m" / "manifest.json"), **data}
-    path.write_text(json.dumps({"data": section}))
-    return path
-
-
-def prepare(params: Path, *args: str):
-    from reid.cli import app
-
-    return runner.invoke(app, ["prepare", "--params", str(params), *args])
+from conftest import folder_dataset, good_layout, image, params_file, prepare, runner
 
 
 # -- 2: single-camera data ------------------------------------------------------------------------------
