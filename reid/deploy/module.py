@@ -53,3 +53,14 @@ def load_checkpoint_module(checkpoint: Path | str, device: torch.device | str = 
                               run_id=read_entry(path, "mlflow_run_id"), checkpoint=path.name,
                               weights=weights_hash(module))
     return model, module, config, contract
+
+
+def model_identity(model: ReIDModel, backbone: str) -> dict[str, str]:
+    """What a measurement of ``model`` belongs to (e.g. its same-identity threshold): the ``weights_hash``
+    its export's contract will carry, and the backbone; a stand-in without a backbone gets the backbone only."""
+    from reid.deploy.contract import weights_hash
+
+    try:
+        return {"weights_hash": weights_hash(InferenceModule(model)), "backbone": str(backbone)}
+    except AttributeError:
+        return {"backbone": str(backbone)}

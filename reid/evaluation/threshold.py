@@ -227,17 +227,6 @@ class ThresholdCollector:
             measured_on=self.measured_on, model=self.model)
 
 
-def model_identity(model: Any, backbone: str) -> dict[str, str]:
-    """What a threshold belongs to: the inference module's ``weights_hash`` (as in an export's contract) and the backbone."""
-    from reid.deploy.contract import weights_hash
-    from reid.deploy.module import InferenceModule
-
-    try:
-        return {"weights_hash": weights_hash(InferenceModule(model)), "backbone": str(backbone)}
-    except AttributeError:  # not a ReIDModel (a stand-in): the threshold then names no weights and is not checked
-        return {"backbone": str(backbone)}
-
-
 def log_to_mlflow(thresholds: Thresholds, run_id: str, prefix: str, tracking_uri: str) -> None:
     """The operating points as metrics of the evaluation's run (:meth:`Thresholds.metrics`)."""
     import time
