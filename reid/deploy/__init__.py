@@ -9,8 +9,10 @@ Modules, each with one job:
 * :mod:`reid.deploy.export`: the inference-only module, the exporters and the parity check.
 * :mod:`reid.deploy.inputs`: image lists from folders, list files and manifest splits.
 * :mod:`reid.deploy.gallery`: the ``.npz`` feature file and the chunked top-k search.
+* :mod:`reid.deploy.quantize`: the int8 export's calibration, quantisation and its measured cost.
+* :mod:`reid.deploy.index`: the FAISS gallery index (exact or approximate) of ``reid index``.
 * :mod:`reid.deploy.registry`: logging an export to its MLflow run and the Model Registry.
 
-Nothing here is imported by ``import reid``; onnx/onnxruntime are imported only where needed (the
-``export`` extra installs them).
+Nothing here is imported by ``import reid``; onnx/onnxruntime/faiss are imported only where needed (the
+``export`` extra installs the first two, ``deploy`` all three).
 """

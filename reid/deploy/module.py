@@ -55,11 +55,12 @@ def load_checkpoint_module(checkpoint: Path | str, device: torch.device | str = 
     return model, module, config, contract
 
 
-def model_identity(model: Any, backbone: str) -> dict[str, str]:
-    """What a threshold belongs to: the inference module's ``weights_hash`` (as in an export's contract) and the backbone."""
+def model_identity(model: ReIDModel, backbone: str) -> dict[str, str]:
+    """What a measurement of ``model`` belongs to (e.g. its same-identity threshold): the ``weights_hash``
+    its export's contract will carry, and the backbone; a stand-in without a backbone gets the backbone only."""
     from reid.deploy.contract import weights_hash
 
     try:
         return {"weights_hash": weights_hash(InferenceModule(model)), "backbone": str(backbone)}
-    except AttributeError:  # not a ReIDModel (a stand-in): the threshold then names no weights and is not checked
+    except AttributeError:
         return {"backbone": str(backbone)}
