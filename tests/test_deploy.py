@@ -442,3 +442,35 @@ def test_unwritable_outputs_and_corrupt_images(trained, workdir: Path, synthetic
                                    "--corrupt-images", "skip", "--params", str(workdir / "absent.yaml")])
     assert res.exit_code == 0, res.output
     assert load_features(out).paths == images
+
+
+def test_two_exports_creating_one_registered_model_at_once_both_register(tmp_path: Path) -> None:
+    """The jobs of a sweep export models of one name at once: the export that loses the race to create the
+    registered model (RESOURCE_ALREADY_EXISTS) adds its version like the winner, it does not fail."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from reid.deploy.registry import _ensure_registered_model
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    class RacingClient:
+        """Says the model is missing, as it was when the other job looked, while the other job creates it."""
+
+        def get_registered_model(self, name):
+            raise MlflowException("not found", error_code="RESOURCE_DOES_NOT_EXIST")
+
+        def create_registered_model(self, name, description=None):
+            return client.create_registered_model(name, description=description)
+
+    racing = RacingClient()
+    _ensure_registered_model(racing, "sweep-baseline", "first")
+    _ensure_registered_model(racing, "sweep-baseline", "second")  # the loser of the race: no error
+    assert client.get_registered_model("sweep-baseline").description == "first"
+
+    class BrokenStore(RacingClient):
+        def create_registered_model(self, name, description=None):
+            raise MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    with pytest.raises(MlflowException, match="database is locked"):  # any other failure still raises
+        _ensure_registered_model(BrokenStore(), "sweep-other", "x")

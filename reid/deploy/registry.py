@@ -78,11 +78,8 @@ def log_export(tracking: Any, name: str, trained_by: str | None, files: list[Pat
         client.set_tag(run_id, "export/format", str(report["format"]))
         client.set_tag(run_id, "export/passed", str(bool(report["passed"])).lower())
         reg = registered_name(tracking.experiment, name)
-        try:
-            client.get_registered_model(reg)
-        except MlflowException:
-            client.create_registered_model(reg, description=f"reid model {name!r}: exported {report['format']} "
-                                                            "inference graph with its preprocessing contract")
+        _ensure_registered_model(client, reg, f"reid model {name!r}: exported {report['format']} inference graph "
+                                             "with its preprocessing contract")
         tags = {"format": str(report["format"]), "min_cosine": f"{report['min_cosine']:.6f}"}
         if contract is not None:
             import mlflow
@@ -174,3 +171,21 @@ def log_int8_metrics(tracking: Any, run_id: str, report: dict[str, Any], base: P
     client.log_batch(run_id, metrics=[Metric(f"export_int8/{k}", float(report[k]), now, 0) for k in INT8_METRICS])
     client.set_tag(run_id, "export_int8/activations", str(report["activations"]))
     client.set_tag(run_id, "export_int8/warnings", " | ".join(report["warnings"]) or "none")
+
+
+def _ensure_registered_model(client: Any, name: str, description: str) -> None:
+    """Create the registered model ``name`` unless it exists. Two exports of one model name at once (the
+    jobs of a sweep share their pipeline's names) both find it missing and both create it; the one that
+    loses gets RESOURCE_ALREADY_EXISTS, which only means the other one won: both then add their versions."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException:
+        pass
+    try:
+        client.create_registered_model(name, description=description)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
