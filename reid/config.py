@@ -36,6 +36,15 @@ Stage = Literal["layer1", "layer2", "layer3", "layer4"]
 STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 
 
+def known_format(value: str) -> str:
+    """``value`` when it is one of the ``data.format`` values (the one list: ``DataConfig.format``), else an error
+    listing them; shared by ``data.sources`` entries and ``evaluate.targets`` entries."""
+    allowed = get_args(DataConfig.model_fields["format"].annotation)
+    if value not in allowed:
+        raise ValueError(f"unknown dataset format; one of {', '.join(allowed)}")
+    return value
+
+
 class SourceConfig(_Section):
     """One dataset of a joint (multi-source) training set, ``data.sources``."""
 
@@ -46,10 +55,7 @@ class SourceConfig(_Section):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        allowed = get_args(DataConfig.model_fields["format"].annotation)
-        if v not in allowed:
-            raise ValueError(f"unknown dataset format; one of {', '.join(allowed)}")
-        return v
+        return known_format(v)
 
 
 class DataConfig(_Section):
@@ -350,10 +356,7 @@ class TargetSettings(BaseModel):
     @field_validator("format")
     @classmethod
     def _known_format(cls, v: str) -> str:
-        known = get_args(DataConfig.model_fields["format"].annotation)
-        if v not in known:
-            raise ValueError(f"unknown dataset format; known: {', '.join(known)}")
-        return v
+        return known_format(v)
 
     @field_validator("eval")
     @classmethod
