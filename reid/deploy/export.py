@@ -197,20 +197,10 @@ def parity_images(manifest: Path | str | None, given: Sequence[Path] | None, cou
     return [query[i].path for i in picks]
 
 
-def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | str, *,
-                      images: Sequence[Any] | None = None, manifest: Path | str | None = None,
-                      num_images: int = 32, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
-                      report_path: Path | str | None = None, for_consumer: str | None = None
-                      ) -> tuple[Path, dict[str, str], ParityReport, Path]:
-    """Export ``checkpoint`` and check parity: ``(file, metadata, report, report file)``.
-
-    The report is written whatever the outcome; a failed check then raises :class:`ParityError`
-    (the exported file stays for inspection, and the message says so). ``for_consumer="boxmot"``
-    first refuses what BoxMOT cannot use (suffix, normalisation), then writes the sidecar BoxMOT reads
-    (:func:`reid.deploy.boxmot_compat.sidecar_path`) and, when BoxMOT is installed, loads the file with
-    BoxMOT's own backend and compares its features too (``report.consumer``).
-    """
-    from reid.deploy.embedder import TorchEmbedder, load_model
+def _checked_targets(checkpoint: Path | str, fmt: str, output: Path | str, report_path: Path | str | None,
+                     for_consumer: str | None) -> tuple[Path, Path, Any, Any, dict[str, Any]]:
+    """What every export checks before any work: both output files writable, a known consumer whose
+    constraints the format meets; then the checkpoint's inference module, config and contract."""
     from reid.deploy.module import load_checkpoint_module
 
     output = Path(output)
@@ -224,6 +214,26 @@ def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | 
         from reid.deploy import boxmot_compat
 
         boxmot_compat.check_exportable(fmt, output, config.data.mean, config.data.std)
+    return output, report_file, module, config, meta
+
+
+def export_checkpoint(checkpoint: Path | str, fmt: ExportFormat, output: Path | str, *,
+                      images: Sequence[Any] | None = None, manifest: Path | str | None = None,
+                      num_images: int = 32, tolerance: float = DEFAULT_TOLERANCE, opset: int = DEFAULT_OPSET,
+                      report_path: Path | str | None = None, for_consumer: str | None = None
+                      ) -> tuple[Path, dict[str, str], ParityReport, Path]:
+    """Export ``checkpoint`` and check parity: ``(file, metadata, report, report file)``.
+
+    The report is written whatever the outcome; a failed check then raises :class:`ParityError`
+    (the exported file stays for inspection, and the message says so). ``for_consumer="boxmot"``
+    first refuses what BoxMOT cannot use (suffix, normalisation), then writes the sidecar BoxMOT reads
+    (:func:`reid.deploy.boxmot_compat.sidecar_path`) and, when BoxMOT is installed, loads the file with
+    BoxMOT's own backend and compares its features too (``report.consumer``).
+    """
+    from reid.deploy import boxmot_compat
+    from reid.deploy.embedder import TorchEmbedder, load_model
+
+    output, report_file, module, config, meta = _checked_targets(checkpoint, fmt, output, report_path, for_consumer)
     paths = parity_images(manifest or config.data.manifest, images, num_images)
     size = (int(config.data.height), int(config.data.width))
     export_module(module, fmt, output, meta, size, opset)
@@ -265,7 +275,6 @@ def export_int8(checkpoint: Path | str, output: Path | str, *, manifest: Path | 
     from reid.data.manifest import load_manifest
     from reid.deploy import quantize
     from reid.deploy.embedder import TorchEmbedder, load_model
-    from reid.deploy.module import load_checkpoint_module
 
     quantize.import_quantization()
     acts = quantize.resolve_activations(activations)
@@ -274,16 +283,7 @@ def export_int8(checkpoint: Path | str, output: Path | str, *, manifest: Path | 
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise ReidError(f"int8 export writes ONNX: give --output with the .onnx suffix (e.g. {output.with_suffix('.onnx')})")
-    check_writable(output)
-    report_file = Path(report_path) if report_path else output.with_name(output.stem + ".parity.json")
-    check_writable(report_file)
-    if for_consumer is not None and for_consumer not in CONSUMERS:
-        raise ReidError(f"--for {for_consumer!r} is not supported; use one of {', '.join(CONSUMERS)}")
-    _, module, config, meta = load_checkpoint_module(checkpoint, "cpu")
-    if for_consumer == "boxmot":
-        from reid.deploy import boxmot_compat
-
-        boxmot_compat.check_exportable("onnx", output, config.data.mean, config.data.std)
+    output, report_file, module, config, meta = _checked_targets(checkpoint, "onnx", output, report_path, for_consumer)
     where = Path(manifest or config.data.manifest)
     if not where.is_file():
         raise ReidError(f"int8 calibration and its report need the manifest {where}, which does not exist; give --manifest")
