@@ -31,6 +31,11 @@ class EvaluationError(ReidError):
     """The protocol cannot be applied (e.g. no query has a cross-camera match)."""
 
 
+class PeerLostError(RuntimeError):
+    """A process of a distributed run lost its connection to the others (a node or worker died or was
+    stopped). Not a user error: ``last.pt`` holds the last completed epoch and ``--resume`` continues."""
+
+
 class WriteError(ReidError):
     """An output (checkpoint, export, metrics, manifest, record) that the file system refused to write;
     the message names the path and the reason. The previous file, if any, is left as it was."""

@@ -8,8 +8,9 @@ checkpoint and the run's metric record), never the trainer's internals:
 * the first epoch of two nodes x one process equals one node x two processes (same global batch,
   same ranks, same CPU and thread count, so the same operations in the same order: equal to the
   first-step tolerance of tests/test_ddp.py, in the checkpoint's weights and every step's loss);
-* a node killed mid-run stops the other with reid's interruption message, within a bounded time, and
-  the last checkpoint resumes on two nodes again to the planned end.
+* a node killed mid-run (launcher and workers) stops the other with reid's message naming ``last.pt``
+  and ``--resume``, not a traceback, within a bounded time, and the last checkpoint resumes on two
+  nodes again to the planned end.
 """
 
 from __future__ import annotations
@@ -51,10 +52,40 @@ def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = 600
         kill_all(procs)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process under ``pid`` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The parent pid is the 2nd field after the parenthesised command name.
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended meanwhile
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_node(proc: subprocess.Popen) -> None:
+    """A node dies whole: its launcher and every worker. torchrun starts each worker in a session of
+    its own, so killing the launcher's process group alone would leave the workers training (and
+    the other node waiting for this one's launcher at torchrun's exit barrier, 300 s)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def kill_all(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_node(proc)
             proc.wait(timeout=30)
 
 
@@ -96,6 +127,26 @@ def manifest(tmp_path: Path, synthetic_manifest) -> Path:
     return tmp_path / "manifest.json"
 
 
+def test_a_lost_peer_is_told_apart_from_other_errors() -> None:
+    """The transports' texts for a vanished peer become PeerLostError (reid train then names last.pt and
+    --resume); the run's own errors, other exceptions and single-process runs are left as they are."""
+    from reid.engine.distributed import DistContext, peer_lost
+    from reid.errors import PeerLostError, ReidError
+
+    two = DistContext(1, 2, 1, True)
+    gloo = RuntimeError("[../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:65228: Connection reset by peer."
+                        " This is typically caused by a remote worker hanging\nframe #0: ...")
+    lost = peer_lost(gloo, two)
+    assert isinstance(lost, PeerLostError)
+    assert str(lost).startswith("rank 1 of 2 lost its connection") and "Connection reset by peer" in str(lost)
+    assert "frame #0" not in str(lost)
+    assert isinstance(peer_lost(torch.distributed.DistNetworkError("store: got 0 bytes"), two), PeerLostError)
+    assert peer_lost(gloo, DistContext()) is None
+    assert peer_lost(ReidError("Connection reset by peer while reading the dataset"), two) is None
+    assert peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"), two) is None
+    assert peer_lost(ValueError("connection reset by peer"), two) is None
+
+
 @pytest.mark.slow
 def test_two_nodes_train_as_one_node_stop_when_one_dies_and_resume(
         tmp_path: Path, synthetic_root: Path, manifest: Path) -> None:
@@ -116,7 +167,7 @@ def test_two_nodes_train_as_one_node_stop_when_one_dies_and_resume(
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
                 "\n".join(log.read_text()[-3000:] for log in logs)
             time.sleep(0.02)
-        os.killpg(procs[1].pid, signal.SIGKILL)
+        kill_node(procs[1])
         killed = time.monotonic()
         code = procs[0].wait(timeout=PEER_LOST_TIMEOUT_S + 30)
         waited = time.monotonic() - killed
@@ -126,6 +177,7 @@ def test_two_nodes_train_as_one_node_stop_when_one_dies_and_resume(
     assert code != 0, survivor[-3000:]
     assert waited < PEER_LOST_TIMEOUT_S, f"the surviving node stopped {waited:.0f} s after its peer died"
     assert f"{last} holds epoch 1" in survivor and "--resume" in survivor, survivor[-3000:]
+    assert "]: Traceback" not in survivor, survivor[-3000:]  # the worker's message, not a raw traceback
     epoch1 = checkpoint(last)
     assert epoch1["epoch"] == 1 and epoch1["global_step"] == steps and epoch1["world_size"] == 2
     killed_losses = step_losses(tmp_path / "run")

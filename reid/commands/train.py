@@ -6,9 +6,10 @@ DVC stage, else at the working directory, like every relative path of the parame
 
 Exit codes: 0 done, 2 a user error (bad params, data, checkpoint, tracking store, non-finite loss,
 an output that cannot be written: a full disk names the path, the free space and the resume command),
-130 interrupted (Ctrl-C) and 143 terminated (SIGTERM); in both of the latter ``last.pt`` holds the
-last completed epoch and ``reid train --resume`` continues the same MLflow run (interrupted in the
-first epoch, there is no ``last.pt`` of this run, and the message says so).
+1 a distributed run lost one of its processes (another node or worker died), 130 interrupted
+(Ctrl-C) and 143 terminated (SIGTERM); in these three ``last.pt`` holds the last completed epoch
+and ``reid train --resume`` continues the same MLflow run (interrupted in the first epoch, there is
+no ``last.pt`` of this run, and the message says so).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def command(
     from reid.commands._common import project_base
     from reid.checkpoint import LAST_CHECKPOINT
     from reid.engine.signals import Terminated
-    from reid.errors import DiskFullError, WriteError
+    from reid.errors import DiskFullError, PeerLostError, WriteError
 
     with clean_errors():
         config = config_from_cli(params, variant, override)
@@ -128,6 +129,14 @@ def command(
                                             overrides, run_name),
                         fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=code) from None
+        except PeerLostError as exc:
+            # Another node or worker died: this one cannot go on alone; last.pt holds the last epoch.
+            last = Path(config.train.output_dir) / LAST_CHECKPOINT
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            typer.secho(interrupted_message("a process of the distributed run was lost", last, params, variant,
+                                            resume, started, overrides, run_name),
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=1) from None
         except WriteError as exc:
             # A full disk (or a read-only output folder): the error names the path and the space; the
             # previous last.pt is intact, so say how to continue once space is freed, as after Ctrl-C.

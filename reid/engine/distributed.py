@@ -43,7 +43,7 @@ from torch import nn
 from torch.autograd import Function
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from reid.errors import ReidError
+from reid.errors import PeerLostError, ReidError
 from reid.parallel import all_gather_no_grad, all_reduce_, is_distributed
 
 
@@ -102,6 +102,27 @@ def init_from_env(device: torch.device, timeout_min: float = 60.0) -> DistContex
     dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                             timeout=datetime.timedelta(minutes=timeout_min), **kwargs)
     return DistContext(rank, world, local_rank, True)
+
+
+# How the transports report a peer that is gone: gloo's TCP pairs (reset, closed, EOF), the TCP store
+# (a failed receive), NCCL (a remote rank that exited or an aborted communicator). A collective raises
+# these as torch.distributed.DistError or, from inside autograd (SyncBN, the global triplet gather), as
+# a plain RuntimeError with the transport's text.
+PEER_LOST_SIGNS = ("connection reset by peer", "connection closed by peer", "broken pipe", "failed to recv",
+                   "remote process exited", "communicator was aborted", "connection refused")
+
+
+def peer_lost(exc: BaseException, ctx: DistContext) -> PeerLostError | None:
+    """``exc`` as a :class:`PeerLostError` when it says that another process of this distributed run is
+    gone, else None. A single process has no peers; a ReidError is the run's own, clearer message."""
+    if not ctx.distributed or isinstance(exc, ReidError) or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, dist.DistError) or any(sign in text.lower() for sign in PEER_LOST_SIGNS)):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return PeerLostError(f"rank {ctx.rank} of {ctx.world_size} lost its connection to the other processes of the "
+                         f"distributed run (a node or worker stopped; see its log): {first[:300]}")
 
 
 def cleanup(ctx: DistContext) -> None:

@@ -230,6 +230,11 @@ def train(config: Config, manifest: Manifest | None = None, resume: bool = False
         prepared = preflight(config, manifest, resume, ctx, tracking_base, say)
         return _run(config, prepared, ctx, device, say, variant=variant, run_name=run_name, progress=progress,
                     resume_command=resume_command, tags=dict(tags or {}), tracking_base=tracking_base)
+    except RuntimeError as exc:
+        lost = dist_utils.peer_lost(exc, ctx)
+        if lost is None:
+            raise
+        raise lost from exc
     finally:
         dist_utils.cleanup(ctx)
 
