@@ -37,9 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.machine_info import describe_machine  # noqa: E402
 from reid.config import validate  # noqa: E402
-from reid.deploy.contract import build_contract, weights_hash  # noqa: E402
+from reid.deploy.contract import build_contract  # noqa: E402
+from reid.models.inference import weights_hash  # noqa: E402
 from reid.deploy.export import export_module  # noqa: E402
-from reid.deploy.module import InferenceModule  # noqa: E402
+from reid.models.inference import InferenceModule  # noqa: E402
 from reid.models.reid_model import build_model  # noqa: E402
 
 DEFAULT_BACKBONES = ("resnet18", "resnet50", "resnet50_ibn_a")

@@ -67,10 +67,11 @@ def _timed(fn: Any, warmup: int, iters: int) -> list[float]:
 
 def bench_speed(args: argparse.Namespace, spec: str, folder: Path) -> dict[str, Any]:
     from reid.config import validate
-    from reid.deploy.contract import build_contract, weights_hash
+    from reid.deploy.contract import build_contract
+    from reid.models.inference import weights_hash
     from reid.deploy.embedder import load_model
     from reid.deploy.export import export_module
-    from reid.deploy.module import InferenceModule
+    from reid.models.inference import InferenceModule
     from reid.deploy.quantize import calibration_paths, feature_cosine, preprocessed_batches, quantize_file
     from reid.models.reid_model import build_model
 

@@ -62,7 +62,7 @@ def evaluate_with_resize(checkpoint: Path, splits: Any, resize: str, batch_size:
 
 def run(checkpoint: Path, root: Path, fmt: str = "market1501", batch_size: int = 128) -> dict[str, Any]:
     from reid.data.datasets import read_dataset
-    from reid.deploy.contract import weights_hash
+    from reid.models.inference import weights_hash
     from reid.deploy.module import load_checkpoint_module
     from reid.deploy.resize import CONTRACT_RESIZE, OPENCV_RESIZE
 

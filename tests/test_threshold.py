@@ -176,3 +176,16 @@ def test_evaluate_writes_and_logs_the_threshold_and_search_uses_it(tmp_path: Pat
     res = CliRunner().invoke(app, ["search", query, "--gallery", str(gal), "--threshold-file", str(tmp_path / "other.json"),
                                    "--output", str(tmp_path / "s.png"), "--device", "cpu"])
     assert res.exit_code == 2 and "another model" in res.output
+
+
+def test_naming_the_model_of_a_threshold_leaves_a_training_model_in_training_mode() -> None:
+    """The training's validation threshold names last.pt by its export's weights hash; taking it must not
+    switch the model being trained (BatchNorm would stop updating its statistics) to eval mode."""
+    from reid.models.inference import InferenceModule, model_identity, weights_hash
+    from reid.config import Config
+    from reid.models.reid_model import build_model
+
+    model = build_model(Config.model_validate({"model": {"backbone": "resnet18", "pretrained": "none"}}), 5).train()
+    identity = model_identity(model, "resnet18")
+    assert all(m.training for m in model.modules())
+    assert identity == {"weights_hash": weights_hash(InferenceModule(model)), "backbone": "resnet18"}

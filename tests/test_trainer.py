@@ -213,6 +213,18 @@ def test_a_validation_split_chooses_best_pt_on_held_out_training_identities(tiny
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epoch"] == 3 and metrics["val_best_mAP"] == pytest.approx(max(val))
     assert any("validation split: 4 training identities held out" in line for line in lines)
+    # The same-identity threshold of last.pt on the held-out identities (reid search --threshold-file).
+    from reid.deploy.module import load_checkpoint_module
+    from reid.evaluation.threshold import load_thresholds
+
+    found = load_thresholds(out / "threshold.json")
+    assert found.measured_on == "eval.val_ids: 4 held-out training identities, epoch 3"
+    assert found.model["weights_hash"] == load_checkpoint_module(out / "last.pt")[3]["weights_hash"]
+    assert found.genuine_pairs > 0 and found.impostor_pairs > 0
+    assert metrics["val_threshold"]["far_0.001"]["threshold"] == pytest.approx(found.at(1e-3).threshold)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    tars = [e for e in logged if "val/tar/far_0.01" in e.get("metrics", e)]
+    assert len(tars) == 3, logged[:3]  # one per evaluation
 
 
 def test_hold_out_identities_splits_training_ids_into_a_validation_query_and_gallery(synthetic_manifest) -> None:

@@ -303,7 +303,7 @@ def command(
         typer.echo(f"evaluating {checkpoint} ({config.model.backbone}) on {len(split.query)} query / "
                    f"{len(split.gallery)} gallery images, device {device}")
         # Same-identity thresholds (TAR@FAR) from the evaluation's own features: reid.evaluation.threshold.
-        from reid.deploy.module import model_identity
+        from reid.models.inference import model_identity
         from reid.evaluation.threshold import THRESHOLD_FILE, ThresholdCollector
 
         thresholds = ThresholdCollector(config.eval, getattr(split, "has_cameras", True), measured_on=dataset_name,

@@ -59,24 +59,6 @@ class ContractError(ReidError):
     """A model file without our metadata, or a gallery extracted by another model."""
 
 
-def weights_hash(module: Any) -> str:
-    """SHA-256 (first 16 hex digits) of a module's state dict: names, dtypes, shapes and bytes.
-
-    Two checkpoints of one run (``best.pt``, ``last.pt``) share a run id and a data hash but not their
-    weights; this is what tells their features apart.
-    """
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()[:16]
-
-
 def build_contract(config: Any, embedding_dim: int, *, data_hash: str | None, run_id: str | None,
                    checkpoint: Path | str | None, weights: str) -> dict[str, str]:
     """The metadata of a model trained with ``config`` (a :class:`reid.config.Config`)."""

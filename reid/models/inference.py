@@ -1,4 +1,5 @@
-"""A trained model back from a reid checkpoint, ready for feature extraction or as a KD teacher.
+"""A trained model back from a reid checkpoint, ready for feature extraction or as a KD teacher, and its
+inference-only view (:class:`InferenceModule`, what an export holds) with the hash that names its weights.
 
 The model is rebuilt from the configuration stored *in the checkpoint* (not today's params), so a
 checkpoint always describes itself; its weights are then loaded strictly. Before that,
@@ -13,13 +14,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from reid.config import Config, ConfigError, validate
 from reid.checkpoint import load_checkpoint
 from reid.errors import CheckpointError
 from reid.models.backbones import infer_backbone_name
-from reid.models.reid_model import ReIDModel, build_model
+from reid.models.reid_model import ReIDModel, build_model, global_average_pool
 
 _SHOWN = 6  # keys listed per kind of mismatch
 
@@ -95,3 +96,58 @@ def load_inference_model(checkpoint_path: Path | str, device: torch.device | str
         model = model.to(memory_format=torch.channels_last)
     model.eval()
     return model, config
+
+
+class InferenceModule(nn.Module):
+    """Backbone -> global average pooling -> BN-neck (when the test feature is taken after it).
+
+    Holds only what the eval-mode embedding uses: the classifier and every distillation head are left
+    out, so an exported file carries no training-only weights (and no class count). It computes
+    exactly :meth:`ReIDModel.embed`; the parity check of :mod:`reid.deploy.export` verifies that on
+    real images after every export.
+    """
+
+    def __init__(self, model: ReIDModel) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        use_neck = model.neck_type == "bnneck" and model.neck_feat == "after"
+        self.neck: nn.Module = model.neck if use_neck else nn.Identity()
+        self.embedding_dim = model.embedding_dim
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.neck(global_average_pool(self.backbone(images)))
+
+
+def weights_hash(module: Any) -> str:
+    """SHA-256 (first 16 hex digits) of a module's state dict: names, dtypes, shapes and bytes.
+
+    Two checkpoints of one run (``best.pt``, ``last.pt``) share a run id and a data hash but not their
+    weights; this is what tells their features apart.
+    """
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: ReIDModel, backbone: str) -> dict[str, str]:
+    """What a measurement of ``model`` belongs to (e.g. its same-identity threshold): the ``weights_hash``
+    its export's contract will carry, and the backbone; a stand-in without a backbone gets the backbone only.
+
+    Called during training too (the validation threshold), so the modes of the model's modules, which
+    :class:`InferenceModule` switches to eval, are put back as they were."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        return {"weights_hash": weights_hash(InferenceModule(model)), "backbone": str(backbone)}
+    except AttributeError:
+        return {"backbone": str(backbone)}
+    finally:
+        for m, training in modes:
+            m.training = training
