@@ -46,6 +46,8 @@ HEADLINES: list[tuple[str, str, Callable[[dict[str, Any]], list[float]]]] = [
     ("ResNet-50 inference", "inference_cpu_2026-12-03.json",
      lambda r: [backbone(r, "resnet50")["onnxruntime"]["batch64_img_per_s"],
                 backbone(r, "resnet50")["pytorch"]["batch64_img_per_s"]]),
+    ("int8 export of the CPU-track baseline", "int8_market_cpu_2026-12-07_final.json",
+     lambda r: [100 * r["accuracy"][0]["int8_mAP"], 100 * r["accuracy"][0]["fp32_mAP"], r["accuracy"][0]["speedup"]]),
 ]
 
 
