@@ -138,14 +138,20 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, tmp: Path, meta: dict
         dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=opset,
         training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True, dynamo=False,
     )
-    proto = onnx.load(str(tmp))
+    save_onnx_with_metadata(onnx.load(str(tmp)), meta, tmp, "reid inference model")
+
+
+def save_onnx_with_metadata(proto: Any, meta: dict[str, str], path: Path, title: str) -> None:
+    """Replace ``proto``'s metadata with ``meta`` (the contract every consumer reads), check it, save it."""
+    import onnx
+
     del proto.metadata_props[:]
     for key, value in sorted(meta.items()):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
-    proto.doc_string = "reid inference model: " + json.dumps(meta, sort_keys=True)
+    proto.doc_string = f"{title}: " + json.dumps(meta, sort_keys=True)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
+    onnx.save(proto, str(path))
 
 
 def parity_check(reference: Any, exported: Any, images: Sequence[Any], tolerance: float = DEFAULT_TOLERANCE,

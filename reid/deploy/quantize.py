@@ -31,7 +31,6 @@ the report's ``warnings`` say so and the command prints them.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -135,13 +134,9 @@ def quantize_file(fp32_file: Path, output: Path, batches: Sequence[np.ndarray], 
         finally:
             for leftover in tmp_model.parent.glob(tmp_model.name + "*"):
                 leftover.unlink(missing_ok=True)
-        del proto.metadata_props[:]
-        for key, value in sorted(metadata.items()):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, str(value)
-        proto.doc_string = "reid inference model (int8): " + json.dumps(metadata, sort_keys=True)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
+        from reid.deploy.export import save_onnx_with_metadata
+
+        save_onnx_with_metadata(proto, metadata, tmp, "reid inference model (int8)")
     return output
 
 
