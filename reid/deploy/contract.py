@@ -128,3 +128,16 @@ def check_same_model(gallery_meta: Mapping[str, str], model_meta: Mapping[str, s
             f"gallery {gallery_path} was extracted by another model than {model_path} ({'; '.join(diffs)}). "
             f"Re-extract it with this model: reid extract ... --model {model_path} --output {gallery_path}"
         )
+
+
+def save_onnx_with_metadata(proto: Any, meta: dict[str, str], path: Path, title: str) -> None:
+    """Replace ``proto``'s metadata with ``meta`` (the contract every consumer reads), check it, save it."""
+    import onnx
+
+    del proto.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    proto.doc_string = f"{title}: " + json.dumps(meta, sort_keys=True)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from reid.atomic import atomic_target, write_text_atomic
-from reid.deploy.contract import INPUT_NAME, OUTPUT_NAME
+from reid.deploy.contract import INPUT_NAME, OUTPUT_NAME, save_onnx_with_metadata
 from reid.errors import ReidError
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -140,18 +140,6 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, tmp: Path, meta: dict
     )
     save_onnx_with_metadata(onnx.load(str(tmp)), meta, tmp, "reid inference model")
 
-
-def save_onnx_with_metadata(proto: Any, meta: dict[str, str], path: Path, title: str) -> None:
-    """Replace ``proto``'s metadata with ``meta`` (the contract every consumer reads), check it, save it."""
-    import onnx
-
-    del proto.metadata_props[:]
-    for key, value in sorted(meta.items()):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    proto.doc_string = f"{title}: " + json.dumps(meta, sort_keys=True)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
 
 
 def parity_check(reference: Any, exported: Any, images: Sequence[Any], tolerance: float = DEFAULT_TOLERANCE,

@@ -134,7 +134,7 @@ def quantize_file(fp32_file: Path, output: Path, batches: Sequence[np.ndarray], 
         finally:
             for leftover in tmp_model.parent.glob(tmp_model.name + "*"):
                 leftover.unlink(missing_ok=True)
-        from reid.deploy.export import save_onnx_with_metadata
+        from reid.deploy.contract import save_onnx_with_metadata
 
         save_onnx_with_metadata(proto, metadata, tmp, "reid inference model (int8)")
     return output
