@@ -22,6 +22,11 @@ Group against group (:func:`paired_comparisons`, :func:`group_markdown`): every 
 and spread, and each non-reference group paired with its reference seed by seed (variant seed s minus
 reference seed s), with the mean, min and max of those deltas and one sentence saying whether the
 group's gain exceeds the reference's seed-to-seed range; undecided while either group has one seed.
+
+A self-distillation model with a feature loss is also paired with its **control**
+(:func:`control_comparisons`): the model whose active settings are the same with
+``kd.feature_loss_coefficient`` 0, so that a gain the stage heads' ID losses bring on their own is not
+credited to the feature loss.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from reid.config import Config
+from reid.config import Config, flatten, inactive_keys
 
 #: Metrics compared against the spread, in the table's order.
 SPREAD_KEYS: tuple[str, ...] = ("mAP", "rank1")
@@ -294,15 +299,72 @@ def paired_comparisons(runs: Sequence[Run], key: str = "mAP") -> list[PairedComp
         ref = next(d.reference for d in diffs if d.run.name == group.runs[0].name)
         if ref.name == group.name:  # a group is named by its first model: this one is a reference
             continue
-        by_seed: dict[int, float] = {}
-        for run in ref.runs:
-            value = run.metrics.get(key)
-            if value is not None:
-                by_seed.setdefault(run.seed, value)  # the first run of a seed, if one repeats
-        pairs = tuple(Pair(run.seed, float(run.metrics[key]), by_seed[run.seed]) for run in group.runs
-                      if run.metrics.get(key) is not None and run.seed in by_seed)
-        out.append(PairedComparison(group, ref, key, pairs))
+        out.append(_paired(group, ref, key))
     return out
+
+
+def _paired(group: Reference, ref: Reference, key: str) -> PairedComparison:
+    """``group`` against ``ref``, its runs paired by ``train.seed`` (the first reference run of a seed, if
+    one repeats; a seed the reference lacks has no pair)."""
+    by_seed: dict[int, float] = {}
+    for run in ref.runs:
+        value = run.metrics.get(key)
+        if value is not None:
+            by_seed.setdefault(run.seed, value)
+    pairs = tuple(Pair(run.seed, float(run.metrics[key]), by_seed[run.seed]) for run in group.runs
+                  if run.metrics.get(key) is not None and run.seed in by_seed)
+    return PairedComparison(group, ref, key, pairs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Self-distillation against its control: the same run with the feature loss off
+# ------------------------------------------------------------------------------------------------
+#
+# Self-distillation adds two things to the baseline: ID losses on the stage heads (deep supervision)
+# and the feature loss that ``kd.feature_loss_coefficient`` weighs. A gain over the baseline may come
+# from the first alone, so a self-distillation model is also judged against its control, the model
+# whose configuration is the same with the coefficient at 0 (``ds_ctrl`` in the pipeline's params).
+
+
+def active_signature(config: Config) -> str:
+    """The configuration without what differs between replicates and without the settings the run does
+    not use (:func:`reid.config.inactive_keys`): two configurations with equal active signatures train
+    alike, e.g. a feature-loss reduction does not matter once its coefficient is 0."""
+    flat = flatten(config.model_dump(mode="json"))
+    drop = inactive_keys(config) | {f"{section}.{key}" for section, key in REPLICATE_FREE_KEYS}
+    return json.dumps({k: v for k, v in flat.items() if k not in drop}, sort_keys=True)
+
+
+def control_signature(config: Config) -> str | None:
+    """The active signature of ``config``'s control (the same self-distillation, feature loss off);
+    None where the run has no feature loss to switch off."""
+    kd = config.kd
+    if not kd.self_distill or kd.feature_loss_coefficient <= 0:
+        return None
+    control = config.model_copy(update={"kd": kd.model_copy(update={"feature_loss_coefficient": 0.0})})
+    return active_signature(control)
+
+
+def control_comparisons(runs: Sequence[Run], key: str = "mAP") -> list[PairedComparison]:
+    """Every self-distillation group with a feature loss against its control group, paired by seed; a
+    group whose control was not run has no comparison."""
+    all_groups = groups(runs)
+    by_signature: dict[str, Reference] = {}
+    for group in all_groups:
+        by_signature.setdefault(active_signature(group.runs[0].config), group)
+    out = []
+    for group in all_groups:
+        wanted = control_signature(group.runs[0].config)
+        control = by_signature.get(wanted) if wanted is not None else None
+        if control is not None and control is not group:
+            out.append(_paired(group, control, key))
+    return out
+
+
+#: The line above the control sentences (``group_markdown`` and the CPU-track record's README block).
+CONTROL_INTRO = ("The feature loss against its control (the same self-distillation with "
+                 "`kd.feature_loss_coefficient` 0, so only the stage heads' ID losses): a gain over the baseline "
+                 "that the control has too is deep supervision's, not the feature loss's.")
 
 
 def _cell(value: float | None, signed: bool = False) -> str:
@@ -341,4 +403,7 @@ def group_markdown(runs: Sequence[Run], key: str = "mAP") -> str:
     sentences = [c.sentence() for c in comparisons.values()]
     if sentences:
         lines += [""] + [f"- {s}" for s in sentences]
+    controls = control_comparisons(runs, key)
+    if controls:
+        lines += ["", CONTROL_INTRO] + [f"- {c.sentence()}" for c in controls]
     return "\n".join(lines) + "\n"

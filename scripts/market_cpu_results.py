@@ -379,21 +379,25 @@ def machines_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def statistics(record: dict[str, Any]) -> None:
     """Recompute, in place, everything a record derives from its rows: seed spread, groups, verdicts,
     machines and what has not run."""
-    from reid.seed_spread import SPREAD_KEYS, groups, paired_comparisons
+    from reid.seed_spread import SPREAD_KEYS, control_comparisons, groups, paired_comparisons
+
+    def described(comparisons: list[Any]) -> list[dict[str, Any]]:
+        return [{"group": c.group.name, "reference": c.reference.name, "gain": c.gain,
+                 "pairs": [{"seed": p.seed, "value": p.value, "reference_value": p.reference_value,
+                            "delta": p.delta} for p in c.pairs],
+                 **dict(zip(("delta_mean", "delta_min", "delta_max"), c.delta_stats() or (None,) * 3)),
+                 "verdict": c.verdict(), "sentence": c.sentence()} for c in comparisons]
 
     runs = runs_of(record["base_config"], record["models"])
     record["seed_spread"] = seed_spread_rows(runs)
     out: dict[str, Any] = {}
     for key in SPREAD_KEYS:
-        comparisons = paired_comparisons(runs, key)
         out[key] = {
             "groups": [{"name": g.name, "runs": [r.name for r in g.runs], "seeds": [r.seed for r in g.runs],
                         "mean": g.mean(key), "spread": g.spread(key)} for g in groups(runs)],
-            "comparisons": [{"group": c.group.name, "reference": c.reference.name, "gain": c.gain,
-                             "pairs": [{"seed": p.seed, "value": p.value, "reference_value": p.reference_value,
-                                        "delta": p.delta} for p in c.pairs],
-                             **dict(zip(("delta_mean", "delta_min", "delta_max"), c.delta_stats() or (None,) * 3)),
-                             "verdict": c.verdict(), "sentence": c.sentence()} for c in comparisons],
+            "comparisons": described(paired_comparisons(runs, key)),
+            # Self-distillation against the same run with its feature loss off (reid.seed_spread).
+            "controls": described(control_comparisons(runs, key)),
         }
     record["seed_groups"] = {"rule": "group = models that differ only in train.seed; spread = max - min; paired "
                                      "delta = group's seed s - reference's seed s (percentage points); verdict: "
@@ -627,6 +631,8 @@ def _dates(rows: list[dict[str, Any]]) -> str:
 def readme_block(record: dict[str, Any], record_path: str, declared: list[str]) -> str:
     """The README's CPU-track rows: one row per seed group (mAP per seed, mean and range; the paired gain
     over its reference), the verdicts in words, the machine note, and what has not run yet."""
+    from reid.seed_spread import CONTROL_INTRO
+
     runs = {r.name: r for r in runs_of(record["base_config"], record["models"])}
     rows = {m["model"]: m for m in record["models"]}
     stats = record["seed_groups"]["mAP"]
@@ -656,6 +662,8 @@ def readme_block(record: dict[str, Any], record_path: str, declared: list[str]) 
     lines.append("")
     for comp in stats["comparisons"]:
         lines.append(f"* {comp['sentence']}")
+    if stats.get("controls"):
+        lines.append(f"* {CONTROL_INTRO} " + " ".join(c["sentence"] for c in stats["controls"]))
     if record.get("machine_note"):
         lines.append(f"* {record['machine_note']}")
     pending = [name for name in declared if name not in rows]

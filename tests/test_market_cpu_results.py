@@ -333,3 +333,34 @@ def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, m
     with pytest.raises(results_script.ResultsError, match="0 generated blocks"):
         results_script.write_docs(record, readme, results_md, params)
     assert readme.read_text() == "# no block\n"
+
+
+def test_self_distillation_is_judged_against_its_control_in_the_record_and_the_readme(
+        tmp_path, results_script, monkeypatch):
+    # ds_ctrl: the same self-distillation with the feature loss off; sd_003 is judged against it too.
+    monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
+    run = make_run(tmp_path / "run")
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    params["variants"] = {"ds_ctrl": {"kd": {"self_distill": True, "feature_loss_coefficient": 0.0},
+                                      "train": {"output_dir": "pipeline/models/ds_ctrl"}}, **params["variants"]}
+    params["evaluate"]["models"] = ["baseline", "ds_ctrl", "sd_003"]
+    (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    write(run / "pipeline/eval/ds_ctrl/metrics.json", {
+        "mAP": 0.325, "rank1": 0.53, "rank5": 0.7, "rank10": 0.8, "mINP": 0.05, "num_queries": 3368,
+        "num_valid_queries": 3368, "ap_variant": "standard", "mAP_standard": 0.325, "mAP_trapezoidal": 0.31})
+    write(run / "pipeline/models/ds_ctrl/metrics.json", {"mAP": 0.325, "best_mAP": 0.325, "epochs": 2})
+    record = tmp_path / "record.json"
+    assert results_script.main([str(run), "--merge-into", str(record)]) == 0
+    data = json.loads(record.read_text())
+    (control,) = data["seed_groups"]["mAP"]["controls"]
+    assert (control["group"], control["reference"], control["verdict"]) == ("sd_003", "ds_ctrl", "undecided")
+    assert control["pairs"] == [{"seed": 0, "value": 32.0, "reference_value": 32.5, "delta": pytest.approx(-0.5)}]
+    start = results_script.BLOCK_START.format(record="r.json")
+    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    for path in (readme, results_md):
+        path.write_text(f"{start}\n{results_script.BLOCK_END}\n")
+    results_script.write_docs(record, readme, results_md, tmp_path / "run" / "params.yaml")
+    text = readme.read_text()
+    assert "`sd_003` vs `ds_ctrl` (mAP difference -0.5 so far): undecided" in text
+    assert "so only the stage heads' ID losses" in text
+    assert "`sd_003` vs `ds_ctrl` (mAP difference -0.5 so far): undecided" in results_md.read_text()

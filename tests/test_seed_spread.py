@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reid.config import validate
-from reid.seed_spread import (EXCEEDS, UNDECIDED, WITHIN, Run, differences, group_markdown, groups,
-                              paired_comparisons, replicate_signature, spread_markdown)
+from reid.seed_spread import (CONTROL_INTRO, EXCEEDS, UNDECIDED, WITHIN, Run, control_comparisons, differences,
+                              group_markdown, groups, paired_comparisons, replicate_signature, spread_markdown)
 
 
 def config(seed: int = 0, backbone: str = "resnet34", out: str = "pipeline/models/x", **kd):
@@ -150,3 +150,43 @@ def test_group_markdown_table_and_sentences():
     assert "| baseline | (reference) | 1 | 0: 34.9 | 34.9 | unknown |" in only_baseline
     assert "- `" not in only_baseline  # nothing to compare, so no verdict
     assert group_markdown([]) == ""
+
+
+def sd_runs(**maps) -> list[Run]:
+    """A resnet18 baseline, the deep-supervision control and self-distillation variants; ``maps`` gives each
+    name's mAP per seed (seed = list index)."""
+    kinds = {"baseline": {}, "ds_ctrl": {"self_distill": True, "feature_loss_coefficient": 0.0},
+             "sd_003": {"self_distill": True, "feature_loss_coefficient": 0.03},
+             "sd_030": {"self_distill": True, "feature_loss_coefficient": 0.3},
+             "sd_seed003": {"self_distill": True, "feature_loss_coefficient": 0.03, "feature_reduction": "batch_norm"},
+             "sd_l3": {"self_distill": True, "feature_loss_coefficient": 0.03, "student_stages": ["layer2"]}}
+    return [Run(name if s == 0 else f"{name}_s{s}", config(s, backbone="resnet18", out=f"{name}{s}", **kinds[name]),
+                {"mAP": v, "rank1": v + 20}) for name, values in maps.items() for s, v in enumerate(values)]
+
+
+def test_self_distillation_is_paired_with_its_feature_loss_off_control():
+    runs = sd_runs(baseline=[34.9, 34.6], ds_ctrl=[36.0, 36.4], sd_003=[36.2, 36.3], sd_030=[35.0],
+                   sd_seed003=[33.0], sd_l3=[35.5])
+    found = {c.group.name: c for c in control_comparisons(runs)}
+    # Each feature-loss variant against ds_ctrl, even sd_seed003, whose reduction is unused at coefficient 0;
+    # sd_l3 trains other stage heads, so ds_ctrl is not its control and it has none.
+    assert set(found) == {"sd_003", "sd_030", "sd_seed003"}
+    assert all(c.reference.name == "ds_ctrl" for c in found.values())
+    sd = found["sd_003"]
+    assert [(p.seed, p.delta) for p in sd.pairs] == [(0, pytest.approx(0.2)), (1, pytest.approx(-0.1))]
+    assert sd.gain == pytest.approx(0.05) and sd.verdict() == WITHIN  # ds_ctrl's range is 0.4
+    assert found["sd_030"].verdict() == UNDECIDED and "(mAP difference -1.2 so far)" in found["sd_030"].sentence()
+    # The baseline comparison is unchanged: every group still has the baseline as its reference.
+    assert {c.group.name: c.reference.name for c in paired_comparisons(runs)} == {
+        "ds_ctrl": "baseline", "sd_003": "baseline", "sd_030": "baseline", "sd_seed003": "baseline",
+        "sd_l3": "baseline"}
+    text = group_markdown(runs)
+    assert CONTROL_INTRO in text
+    assert "- `sd_003` (2 seeds, mean mAP 36.2) vs `ds_ctrl` (2 seeds, mean 36.2): the gain of +0.0 does not " \
+           "exceed `ds_ctrl`'s seed-to-seed range of 0.4" in text
+
+
+def test_no_control_comparison_without_the_control_or_a_feature_loss():
+    assert control_comparisons(sd_runs(baseline=[34.9], sd_003=[36.0])) == []  # ds_ctrl not run
+    assert control_comparisons(sd_runs(baseline=[34.9, 35.0], ds_ctrl=[36.0])) == []  # nothing to control
+    assert CONTROL_INTRO not in group_markdown(sd_runs(baseline=[34.9], sd_003=[36.0]))
