@@ -654,7 +654,8 @@ def readme_block(record: dict[str, Any], record_path: str, declared: list[str]) 
             result += f" (mean {group['mean']:.1f}, range {group['spread']:.1f})"
         comp = comparisons.get(group["name"])
         if comp is not None and comp["gain"] is not None:
-            result += f"; {comp['gain']:+.1f} over `{comp['reference']}`"
+            word = "over" if comp["gain"] >= 0 else "below"
+            result += f"; {abs(comp['gain']):.1f} {word} `{comp['reference']}`"
             if comp["pairs"] and len(comp["pairs"]) > 1:
                 result += f" (paired per seed {comp['delta_min']:+.1f} to {comp['delta_max']:+.1f})"
         machines = " / ".join(machine_name(m) for m in machines_of(members))
@@ -698,6 +699,9 @@ def write_docs(record_path: Path, readme: Path = README, results_md: Path = RESU
     record = read_json(record_path, "the record")
     if "seed_groups" not in record:
         raise ResultsError(f"{record_path} is not a merged record: make one with --merge-into")
+    # The documents follow the rows, not the statistics stored at the last merge: a row corrected
+    # by hand must not leave a sentence that still quotes its old value.
+    statistics(record)
     rel = Path(os.path.relpath(Path(record_path).resolve(), readme.resolve().parent)).as_posix()
     declared = declared_models(params)
     # What has not run is judged against what the CPU-track file declares today (the record's own

@@ -323,7 +323,7 @@ def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, m
     assert ("| Market-1501 mAP, CPU track (resnet34 from scratch, 64 x 32, 2 epochs; not the ImageNet recipe): "
             "`baseline`: no distillation, seeds 0 / 1 | 30.0 / 31.0 (mean 30.5, range 1.0) | 2-core AMD EPYC, "
             "2026-12-07 |") in text
-    assert "| `sd_003`: self-distillation, feature coefficient 0.03 (sample_mean), seed 0 | 32.0; +1.5 over `baseline` |" in text
+    assert "| `sd_003`: self-distillation, feature coefficient 0.03 (sample_mean), seed 0 | 32.0; 1.5 over `baseline` |" in text
     assert "* `sd_003` vs `baseline` (mAP gain +1.5 so far): undecided, `sd_003` has 1 seed" in text
     assert "* Not yet run under this recipe: `kd_r18`" in text
     docs = results_md.read_text()
@@ -333,6 +333,28 @@ def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, m
     with pytest.raises(results_script.ResultsError, match="0 generated blocks"):
         results_script.write_docs(record, readme, results_md, params)
     assert readme.read_text() == "# no block\n"
+
+
+def test_the_documents_follow_the_rows_and_word_a_loss_below_the_reference(tmp_path, results_script, monkeypatch):
+    monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
+    run = make_run(tmp_path / "run")
+    add_seed_replicate(run, 0.31, 0.51)
+    record = tmp_path / "record.json"
+    assert results_script.main([str(run), "--date", "2026-12-07", "--merge-into", str(record)]) == 0
+    data = json.loads(record.read_text())
+    (row,) = [m for m in data["models"] if m["model"] == "sd_003"]
+    row["mAP"] = row["mAP_standard"] = 0.28
+    record.write_text(json.dumps(data))
+    start = results_script.BLOCK_START.format(record="r.json")
+    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
+    for path in (readme, results_md):
+        path.write_text(f"{start}\n{results_script.BLOCK_END}\n")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"models": ["baseline", "baseline_s1", "sd_003"]}}))
+    results_script.write_docs(record, readme, results_md, params)
+    text = readme.read_text()
+    assert "| `sd_003`: self-distillation, feature coefficient 0.03 (sample_mean), seed 0 | 28.0; 2.5 below `baseline` |" in text
+    assert "-2.5 over" not in text
 
 
 def test_self_distillation_is_judged_against_its_control_in_the_record_and_the_readme(
