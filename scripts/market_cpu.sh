@@ -2,9 +2,10 @@
 # The CPU track of the real Market-1501 experiment: every model of scripts/market_cpu_params.yaml
 # trained and evaluated on the real data through the same dvc.yaml, every run in MLflow.
 #
-#   bash scripts/market_cpu.sh                       # everything: the 7 models trained (with their evaluations
-#   # during training) in 2 h 18 min on the 2-core VM, the evaluate/export stages on top
-#   # (2026-12-03, sum of wall_time_s in benchmarks/results/market1501_cpu_2026-12-03.json)
+#   bash scripts/market_cpu.sh                       # everything: the 14 models, one after another; each
+#   # trained (with its evaluations during training) in 13.5-16 min on the 2-core AMD EPYC VM when it ran
+#   # alone, a KD student in 18-19 min, the evaluate/export stages on top (2026-12-07, wall_time_s in
+#   # benchmarks/results/market1501_cpu_recipe_2026-12-06.json)
 #   bash scripts/market_cpu.sh train_baseline        # arguments go to `dvc repro` (stage names)
 #   REID_MARKET_ROOT=/data/Market-1501-v15.09.15 bash scripts/market_cpu.sh
 #   # the baseline alone (train + evaluate), with today's code, in its own copy beside the recorded run:
