@@ -305,12 +305,18 @@ def test_a_recorded_results_file_starts_a_record_and_replace_must_name_a_finishe
     assert "--replace names kd, not a finished model" in capsys.readouterr().err
 
 
-def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, monkeypatch):
+def merged_record(tmp_path, results_script, monkeypatch):
+    """A record merged from a run of baseline (seeds 0 and 1) and sd_003, on the AMD machine."""
     monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
     run = make_run(tmp_path / "run")
     add_seed_replicate(run, 0.31, 0.51)
     record = tmp_path / "record.json"
     assert results_script.main([str(run), "--date", "2026-12-07", "--merge-into", str(record)]) == 0
+    return record
+
+
+def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, monkeypatch):
+    record = merged_record(tmp_path, results_script, monkeypatch)
     start = results_script.BLOCK_START.format(record="r.json")
     readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
     for path in (readme, results_md):
@@ -336,11 +342,7 @@ def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, m
 
 
 def test_the_documents_follow_the_rows_and_word_a_loss_below_the_reference(tmp_path, results_script, monkeypatch):
-    monkeypatch.setattr(results_script, "describe_machine", lambda: AMD)
-    run = make_run(tmp_path / "run")
-    add_seed_replicate(run, 0.31, 0.51)
-    record = tmp_path / "record.json"
-    assert results_script.main([str(run), "--date", "2026-12-07", "--merge-into", str(record)]) == 0
+    record = merged_record(tmp_path, results_script, monkeypatch)
     data = json.loads(record.read_text())
     (row,) = [m for m in data["models"] if m["model"] == "sd_003"]
     row["mAP"] = row["mAP_standard"] = 0.28
