@@ -376,9 +376,9 @@ def machines_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return seen
 
 
-def statistics(record: dict[str, Any]) -> None:
+def statistics(record: dict[str, Any], plan: list[str] | None = None) -> None:
     """Recompute, in place, everything a record derives from its rows: seed spread, groups, verdicts,
-    machines and what has not run."""
+    machines and what has not run (of ``plan``, by default the record's own plan)."""
     from reid.seed_spread import SPREAD_KEYS, control_comparisons, groups, paired_comparisons
 
     def described(comparisons: list[Any]) -> list[dict[str, Any]]:
@@ -408,7 +408,8 @@ def statistics(record: dict[str, Any]) -> None:
     record["machine_note"] = (MACHINE_NOTE.format(n=len(machines), names="; ".join(machine_name(m) for m in machines))
                               if len(machines) > 1 else None)
     recorded = {r["model"] for r in record["models"]}
-    record["not_run"] = [name for name in record.get("plan", []) if name not in recorded]
+    record["not_run"] = [name for name in (record.get("plan", []) if plan is None else plan)
+                         if name not in recorded]
 
 
 def merge(record: dict[str, Any] | None, results: dict[str, Any], replace: set[str] = frozenset(),
@@ -699,15 +700,12 @@ def write_docs(record_path: Path, readme: Path = README, results_md: Path = RESU
     record = read_json(record_path, "the record")
     if "seed_groups" not in record:
         raise ResultsError(f"{record_path} is not a merged record: make one with --merge-into")
-    # The documents follow the rows, not the statistics stored at the last merge: a row corrected
-    # by hand must not leave a sentence that still quotes its old value.
-    statistics(record)
     rel = Path(os.path.relpath(Path(record_path).resolve(), readme.resolve().parent)).as_posix()
     declared = declared_models(params)
-    # What has not run is judged against what the CPU-track file declares today (the record's own
-    # not_run only knows the plans of the runs merged so far).
-    recorded = {m["model"] for m in record["models"]}
-    record["not_run"] = [name for name in declared if name not in recorded]
+    # The documents follow the rows, not the statistics stored at the last merge: a row corrected
+    # by hand must not leave a sentence that still quotes its old value. What has not run is judged
+    # against what the CPU-track file declares today (the record's plan only knows the runs merged).
+    statistics(record, plan=declared)
     blocks = (readme_block(record, rel, declared), results_block(record, rel))
     texts = [replace_block(path.read_text(), block, path) for path, block in zip((readme, results_md), blocks)]
     for path, text in zip((readme, results_md), texts):

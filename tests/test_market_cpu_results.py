@@ -315,14 +315,21 @@ def merged_record(tmp_path, results_script, monkeypatch):
     return record
 
 
-def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, monkeypatch):
-    record = merged_record(tmp_path, results_script, monkeypatch)
+def docs_with_blocks(tmp_path, results_script, declared):
+    """A README and a RESULTS.md, each with an old generated block between text, and a params file
+    that declares ``declared``."""
     start = results_script.BLOCK_START.format(record="r.json")
     readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
     for path in (readme, results_md):
         path.write_text(f"# Title\n\n{start}\nold rows\n{results_script.BLOCK_END}\n\nafter\n")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"evaluate": {"models": ["baseline", "baseline_s1", "sd_003", "kd_r18"]}}))
+    params.write_text(yaml.safe_dump({"evaluate": {"models": declared}}))
+    return readme, results_md, params
+
+
+def test_readme_blocks_are_regenerated_from_a_record(tmp_path, results_script, monkeypatch):
+    record = merged_record(tmp_path, results_script, monkeypatch)
+    readme, results_md, params = docs_with_blocks(tmp_path, results_script, ["baseline", "baseline_s1", "sd_003", "kd_r18"])
     results_script.write_docs(record, readme, results_md, params)
     text = readme.read_text()
     assert "old rows" not in text and text.endswith(f"{results_script.BLOCK_END}\n\nafter\n")
@@ -347,12 +354,7 @@ def test_the_documents_follow_the_rows_and_word_a_loss_below_the_reference(tmp_p
     (row,) = [m for m in data["models"] if m["model"] == "sd_003"]
     row["mAP"] = row["mAP_standard"] = 0.28
     record.write_text(json.dumps(data))
-    start = results_script.BLOCK_START.format(record="r.json")
-    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
-    for path in (readme, results_md):
-        path.write_text(f"{start}\n{results_script.BLOCK_END}\n")
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"evaluate": {"models": ["baseline", "baseline_s1", "sd_003"]}}))
+    readme, results_md, params = docs_with_blocks(tmp_path, results_script, ["baseline", "baseline_s1", "sd_003"])
     results_script.write_docs(record, readme, results_md, params)
     text = readme.read_text()
     assert "| `sd_003`: self-distillation, feature coefficient 0.03 (sample_mean), seed 0 | 28.0; 2.5 below `baseline` |" in text
@@ -379,11 +381,8 @@ def test_self_distillation_is_judged_against_its_control_in_the_record_and_the_r
     (control,) = data["seed_groups"]["mAP"]["controls"]
     assert (control["group"], control["reference"], control["verdict"]) == ("sd_003", "ds_ctrl", "undecided")
     assert control["pairs"] == [{"seed": 0, "value": 32.0, "reference_value": 32.5, "delta": pytest.approx(-0.5)}]
-    start = results_script.BLOCK_START.format(record="r.json")
-    readme, results_md = tmp_path / "README.md", tmp_path / "RESULTS.md"
-    for path in (readme, results_md):
-        path.write_text(f"{start}\n{results_script.BLOCK_END}\n")
-    results_script.write_docs(record, readme, results_md, tmp_path / "run" / "params.yaml")
+    readme, results_md, docs_params = docs_with_blocks(tmp_path, results_script, params["evaluate"]["models"])
+    results_script.write_docs(record, readme, results_md, docs_params)
     text = readme.read_text()
     assert "`sd_003` vs `ds_ctrl` (mAP difference -0.5 so far): undecided" in text
     assert "so only the stage heads' ID losses" in text
